@@ -1,1 +1,379 @@
-//! QEMU harness
+//! Boots real cairn images under QEMU (software emulation; KVM is never required) and drives
+//! them from outside: serial console, QEMU monitor, forwarded API port, hard power cuts.
+
+use anyhow::{bail, Context, Result};
+use serde::Deserialize;
+use std::io::{BufRead, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The repository root (qemu-tests/..).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct QemuSection {
+    pub binary: String,
+    pub machine: Vec<String>,
+    pub memory_mib: u32,
+    pub cpus: u32,
+    pub bios: Option<String>,
+    pub pflash_code: Option<String>,
+    pub pflash_vars: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct BoardFile {
+    qemu: QemuSection,
+}
+
+#[derive(Debug, Deserialize)]
+struct ManifestArtifact {
+    file: String,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Manifest {
+    pub version: String,
+    pub root_squashfs_bytes: u64,
+    pub image_bytes: u64,
+    pub init_bytes: u64,
+    artifacts: Vec<ManifestArtifact>,
+}
+
+/// A built board: its QEMU settings and the artifacts under out/<board>/.
+#[derive(Debug, Clone)]
+pub struct BoardImage {
+    pub name: String,
+    pub qemu: QemuSection,
+    pub out_dir: PathBuf,
+    pub image: PathBuf,
+    pub version: String,
+}
+
+impl BoardImage {
+    pub fn load(name: &str) -> Result<BoardImage> {
+        let root = repo_root();
+        let out = std::env::var_os("CAIRN_OUT")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| root.join("out"));
+        let board_path = root.join("boards").join(format!("{name}.toml"));
+        let text = std::fs::read_to_string(&board_path)
+            .with_context(|| format!("reading {}", board_path.display()))?;
+        let board: BoardFile = toml::from_str(&text)
+            .with_context(|| format!("{}: no usable [qemu] section", board_path.display()))?;
+        let out_dir = out.join(name);
+        let manifest = Self::manifest_in(&out_dir)?;
+        let image = manifest
+            .artifacts
+            .iter()
+            .find(|a| a.file.ends_with(".img"))
+            .map(|a| out_dir.join(&a.file))
+            .context("manifest lists no .img")?;
+        Ok(BoardImage {
+            name: name.to_string(),
+            qemu: board.qemu,
+            out_dir,
+            image,
+            version: manifest.version,
+        })
+    }
+
+    pub fn manifest(&self) -> Result<Manifest> {
+        Self::manifest_in(&self.out_dir)
+    }
+
+    fn manifest_in(out_dir: &Path) -> Result<Manifest> {
+        let path = out_dir.join("manifest.json");
+        let text = std::fs::read_to_string(&path).with_context(|| {
+            format!(
+                "{} is missing: build the image first (make image BOARD=...)",
+                path.display()
+            )
+        })?;
+        Ok(serde_json::from_str(&text)?)
+    }
+
+    fn firmware(&self, file: &str) -> PathBuf {
+        self.out_dir.join("firmware").join(file)
+    }
+}
+
+/// A disk for one test: a copy-on-write overlay over the built image, bigger than the
+/// image so first boot grows the data partition.
+pub struct Disk {
+    pub dir: PathBuf,
+    pub path: PathBuf,
+    pub vars: Option<PathBuf>,
+}
+
+impl Disk {
+    pub fn new(board: &BoardImage, test: &str, size_gib: u32) -> Result<Disk> {
+        let dir = repo_root()
+            .join("target/qemu-tests")
+            .join(format!("{}-{test}", board.name));
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir)?;
+        }
+        std::fs::create_dir_all(&dir)?;
+        let path = dir.join("disk.qcow2");
+        let status = Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+            .arg(&board.image)
+            .arg(&path)
+            .arg(format!("{size_gib}G"))
+            .status()
+            .context("running qemu-img (make deps installs it)")?;
+        if !status.success() {
+            bail!("qemu-img could not create {}", path.display());
+        }
+        let vars = match &board.qemu.pflash_vars {
+            Some(v) => {
+                let copy = dir.join("efivars.fd");
+                std::fs::copy(board.firmware(v), &copy)?;
+                Some(copy)
+            }
+            None => None,
+        };
+        Ok(Disk { dir, path, vars })
+    }
+}
+
+/// Free TCP port on the loopback interface for forwarding the API.
+pub fn free_port() -> Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(l.local_addr()?.port())
+}
+
+/// The QEMU command line for a board and disk: the one place it is built, for tests,
+/// benchmarks and `make run`.
+pub fn qemu_command(board: &BoardImage, disk: &Path, vars: Option<&Path>, api_port: u16) -> Command {
+    let q = &board.qemu;
+    let mut cmd = Command::new(&q.binary);
+    cmd.args(&q.machine)
+        .args(["-m", &q.memory_mib.to_string(), "-smp", &q.cpus.to_string()])
+        .args(["-accel", "tcg"]);
+    if let Some(bios) = &q.bios {
+        cmd.arg("-bios").arg(board.firmware(bios));
+    }
+    if let Some(code) = &q.pflash_code {
+        let mut arg = std::ffi::OsString::from("if=pflash,format=raw,unit=0,readonly=on,file=");
+        arg.push(board.firmware(code));
+        cmd.arg("-drive").arg(arg);
+        if let Some(v) = vars {
+            let mut arg = std::ffi::OsString::from("if=pflash,format=raw,unit=1,file=");
+            arg.push(v);
+            cmd.arg("-drive").arg(arg);
+        }
+    }
+    let mut drive = std::ffi::OsString::from("if=none,id=disk0,format=qcow2,file=");
+    drive.push(disk);
+    cmd.arg("-drive")
+        .arg(drive)
+        .args(["-device", "virtio-blk-pci,drive=disk0"])
+        .arg("-netdev")
+        .arg(format!("user,id=net0,hostfwd=tcp:127.0.0.1:{api_port}-:6443"))
+        .args(["-device", "virtio-net-pci,netdev=net0"])
+        .args(["-display", "none", "-no-reboot"]);
+    cmd
+}
+
+/// A running VM with its serial console captured.
+pub struct Vm {
+    child: Child,
+    stdin: ChildStdin,
+    serial: Arc<Mutex<String>>,
+    cursor: usize,
+    monitor: PathBuf,
+    pub api_port: u16,
+    commands: u32,
+}
+
+impl Vm {
+    pub fn boot(board: &BoardImage, disk: &Disk, log_name: &str) -> Result<Vm> {
+        let api_port = free_port()?;
+        let monitor = disk.dir.join(format!("{log_name}.monitor"));
+        let _ = std::fs::remove_file(&monitor);
+        let log_path = disk.dir.join(format!("{log_name}.serial.log"));
+        let mut cmd = qemu_command(board, &disk.path, disk.vars.as_deref(), api_port);
+        cmd.arg("-monitor")
+            .arg(format!("unix:{},server=on,wait=off", monitor.display()))
+            .args(["-serial", "stdio"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("starting {} (make deps installs it)", board.qemu.binary))?;
+        let stdin = child.stdin.take().context("no stdin")?;
+        let mut stdout = child.stdout.take().context("no stdout")?;
+        let serial = Arc::new(Mutex::new(String::new()));
+        let sink = serial.clone();
+        let mut log = std::fs::File::create(&log_path)?;
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = stdout.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                let _ = log.write_all(&buf[..n]);
+                if let Ok(mut s) = sink.lock() {
+                    s.push_str(&String::from_utf8_lossy(&buf[..n]).replace('\r', ""));
+                }
+            }
+        });
+        Ok(Vm {
+            child,
+            stdin,
+            serial,
+            cursor: 0,
+            monitor,
+            api_port,
+            commands: 0,
+        })
+    }
+
+    /// Everything the serial console printed so far.
+    pub fn serial(&self) -> String {
+        self.serial.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Waits until `pattern` appears after the last match; returns the line it is on.
+    pub fn wait_for(&mut self, pattern: &str, timeout: Duration) -> Result<String> {
+        let start = Instant::now();
+        loop {
+            let text = self.serial();
+            if let Some(pos) = text[self.cursor.min(text.len())..].find(pattern) {
+                let at = self.cursor + pos;
+                let line_start = text[..at].rfind('\n').map_or(0, |p| p + 1);
+                let line_end = text[at..].find('\n').map_or(text.len(), |p| at + p);
+                self.cursor = at + pattern.len();
+                return Ok(text[line_start..line_end].to_string());
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                bail!("QEMU exited ({status}) before {pattern:?} appeared; serial tail:\n{}", tail(&text));
+            }
+            if start.elapsed() > timeout {
+                bail!("{pattern:?} did not appear within {timeout:?}; serial tail:\n{}", tail(&text));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Runs a shell command on the serial console; returns (exit status, output).
+    pub fn sh(&mut self, command: &str, timeout: Duration) -> Result<(i32, String)> {
+        self.commands += 1;
+        let tag = format!("__CAIRN_DONE_{}_", self.commands);
+        let line = format!("{command}; echo {tag}$?\n");
+        self.stdin.write_all(line.as_bytes())?;
+        self.stdin.flush()?;
+        let start_cursor = self.cursor;
+        let start = Instant::now();
+        loop {
+            let text = self.serial();
+            let region = &text[start_cursor.min(text.len())..];
+            // The echo of the typed line shows "{tag}$?"; the real marker has digits.
+            let mut search = 0;
+            while let Some(p) = region[search..].find(&tag) {
+                let at = search + p + tag.len();
+                let digits: String = region[at..].chars().take_while(|c| c.is_ascii_digit()).collect();
+                if !digits.is_empty() {
+                    let echoed_end = region.find(&format!("{tag}$?")).map(|p| p + tag.len() + 2);
+                    let out_start = echoed_end
+                        .and_then(|e| region[e..].find('\n').map(|n| e + n + 1))
+                        .unwrap_or(0);
+                    let out_end = search + p;
+                    let output = region[out_start.min(out_end)..out_end].to_string();
+                    self.cursor = start_cursor + at + digits.len();
+                    return Ok((digits.parse().unwrap_or(-1), output));
+                }
+                search = at;
+            }
+            if start.elapsed() > timeout {
+                bail!("{command:?} did not finish within {timeout:?}; serial tail:\n{}", tail(&text));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Sends a command to the QEMU monitor (e.g. `sendkey ctrl-alt-delete`).
+    pub fn monitor(&self, command: &str) -> Result<()> {
+        let mut s = std::os::unix::net::UnixStream::connect(&self.monitor)
+            .with_context(|| format!("connecting to the monitor at {}", self.monitor.display()))?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        let mut reader = std::io::BufReader::new(s.try_clone()?);
+        let mut banner = String::new();
+        reader.read_line(&mut banner)?;
+        s.write_all(format!("{command}\n").as_bytes())?;
+        let mut echo = String::new();
+        let _ = reader.read_line(&mut echo);
+        Ok(())
+    }
+
+    /// Waits for QEMU to exit by itself (the guest rebooted or powered off; -no-reboot).
+    pub fn wait_exit(&mut self, timeout: Duration) -> Result<()> {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if self.child.try_wait()?.is_some() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        bail!("QEMU still running after {timeout:?}; serial tail:\n{}", tail(&self.serial()))
+    }
+
+    /// Pulls the power: no shutdown, no flush.
+    pub fn power_cut(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        self.power_cut();
+    }
+}
+
+fn tail(text: &str) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
+}
+
+/// Parses `CAIRN READY slot=a boot_ms=1234 version=v` into (slot, boot_ms, version).
+pub fn parse_ready(line: &str) -> Option<(String, u64, String)> {
+    let rest = &line[line.find("CAIRN READY")? + "CAIRN READY".len()..];
+    let mut slot = None;
+    let mut ms = None;
+    let mut version = None;
+    for kv in rest.split_whitespace() {
+        match kv.split_once('=') {
+            Some(("slot", v)) => slot = Some(v.to_string()),
+            Some(("boot_ms", v)) => ms = v.parse().ok(),
+            Some(("version", v)) => version = Some(v.to_string()),
+            _ => {}
+        }
+    }
+    Some((slot?, ms?, version?))
+}
+
+/// Boot timeout under software emulation, generous for a loaded CI machine.
+pub const BOOT_TIMEOUT: Duration = Duration::from_secs(240);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ready_line_parses() {
+        let got = parse_ready("junk CAIRN READY slot=b boot_ms=4321 version=0.1.0").unwrap();
+        assert_eq!(got, ("b".into(), 4321, "0.1.0".into()));
+        assert!(parse_ready("CAIRN READY slot=a").is_none());
+    }
+}

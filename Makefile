@@ -1,0 +1,54 @@
+# cairn: the front door. `make run` and `make test` are all a fresh Debian/Ubuntu machine needs.
+BOARD   ?= qemu-aarch64
+BOARDS  ?= qemu-aarch64 qemu-x86_64
+VERSION ?= 0.1.0
+OUT     ?= out
+CARGO   ?= cargo
+# Reproducible builds: every file in an image carries this time.
+SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 0)
+export SOURCE_DATE_EPOCH
+# QEMU tests boot under software emulation; two VMs at a time suit a 2-core machine.
+QEMU_TEST_THREADS ?= 2
+
+IMAGE_TOOL := target/release/cairn-image
+QEMU_TOOL  := target/release/cairn-qemu
+
+.PHONY: help deps tools image images run test unit-test qemu-test bench lint clean
+
+help:
+	@sed -n 's/^## //p' README.md | head -40
+
+deps:
+	@scripts/deps.sh
+
+tools: deps
+	$(CARGO) build --release --locked -p cairn-image -p qemu-tests --bins
+
+image: tools
+	$(IMAGE_TOOL) build --board boards/$(BOARD).toml --out $(OUT) --version $(VERSION)
+
+images: tools
+	@for b in $(BOARDS); do \
+	  $(IMAGE_TOOL) build --board boards/$$b.toml --out $(OUT) --version $(VERSION) || exit 1; \
+	done
+
+run: image
+	$(QEMU_TOOL) run --board $(BOARD)
+
+unit-test: deps
+	$(CARGO) test --locked --workspace --exclude qemu-tests
+
+qemu-test: images
+	CAIRN_OUT=$(abspath $(OUT)) $(CARGO) test --locked -p qemu-tests -- --test-threads=$(QEMU_TEST_THREADS)
+
+test: unit-test qemu-test
+
+bench: images
+	$(QEMU_TOOL) bench --boards "$(BOARDS)" --out bench/results/boot.json
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --locked --workspace --all-targets -- -D warnings
+
+clean:
+	rm -rf $(OUT) target/qemu-tests

@@ -1,0 +1,34 @@
+//! The read-only root as a deterministic zstd squashfs.
+
+use crate::progress::Step;
+use anyhow::{bail, Context, Result};
+use std::path::Path;
+use std::process::Command;
+
+pub fn build(root: &Path, out: &Path, source_date_epoch: u64) -> Result<u64> {
+    if out.exists() {
+        std::fs::remove_file(out)?;
+    }
+    let step = Step::spinner("compressing the root filesystem (squashfs, zstd)");
+    let epoch = source_date_epoch.to_string();
+    let result = Command::new("mksquashfs")
+        .arg(root)
+        .arg(out)
+        .args(["-comp", "zstd", "-Xcompression-level", "19", "-b", "256K"])
+        .args(["-noappend", "-no-xattrs", "-all-root", "-quiet", "-no-progress"])
+        .args(["-mkfs-time", &epoch, "-all-time", &epoch])
+        .env("SOURCE_DATE_EPOCH", &epoch)
+        .output()
+        .context("running mksquashfs (install squashfs-tools with 'make deps')")?;
+    if !result.status.success() {
+        bail!(
+            "mksquashfs failed: {}",
+            String::from_utf8_lossy(&result.stderr)
+                .lines()
+                .next()
+                .unwrap_or("")
+        );
+    }
+    step.done();
+    Ok(std::fs::metadata(out)?.len())
+}

@@ -1,0 +1,361 @@
+//! Stage 2, on the read-only root: writable places, data partition, configuration,
+//! hostname, network, services, the READY line, and a clean end.
+
+use crate::config::{self, Config};
+use crate::supervisor::{Output, ServiceSpec, Shutdown, Supervisor};
+use crate::{data, info, log, net, sys};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::Duration;
+
+const CONTAINERD_SOCK: &str = "/run/containerd/containerd.sock";
+const PERSISTED_CONFIG: &str = "/var/lib/cairn/cairn.toml";
+const BOOT_CONFIG: &str = "/boot/cairn.toml";
+
+pub fn run(start_ms: u64) -> ! {
+    let stage2_ms = log::boot_ms();
+    sys::ctrl_alt_del_to_signal();
+    let mut mounted: Vec<PathBuf> = Vec::new();
+    if let Err(e) = early_mounts(&mut mounted) {
+        info!("{e}");
+    }
+    let mut sup = match Supervisor::new(PathBuf::from("/var/log/cairn")) {
+        Ok(s) => s,
+        Err(e) => {
+            info!("cannot set up signal handling: {e}; rebooting");
+            emergency_reboot();
+        }
+    };
+    match data::mount(Path::new("/var")) {
+        Ok(()) => mounted.push("/var".into()),
+        Err(e) => info!("data partition: {e}; /var stays in memory this boot"),
+    }
+    prepare_var();
+    match overlay_etc() {
+        Ok(()) => mounted.push("/etc".into()),
+        Err(e) => info!("{e}; /etc stays read-only"),
+    }
+    if mount_boot_partition() {
+        mounted.push("/boot".into());
+    }
+    let cfg = load_config();
+    let console = console_device();
+    let hostname = cfg.hostname.clone().unwrap_or_else(|| "cairn".into());
+    if let Err(e) = sys::sethostname(&hostname) {
+        info!("{e}");
+    }
+    let _ = std::fs::write("/etc/hostname", format!("{hostname}\n"));
+
+    let containerd_ms = log::boot_ms();
+    sup.add(ServiceSpec {
+        name: "containerd".into(),
+        program: "/usr/bin/containerd".into(),
+        args: vec!["--config".into(), "/etc/containerd/config.toml".into()],
+        output: Output::Logged,
+    });
+    info!(
+        "timing: pid1_start_ms={start_ms} stage2_start_ms={stage2_ms} containerd_spawn_ms={containerd_ms} init_work_ms={}",
+        containerd_ms.saturating_sub(start_ms)
+    );
+
+    if cfg.console.shell {
+        if let Some(tty) = &console {
+            sup.add(ServiceSpec {
+                name: "console-shell".into(),
+                program: "/bin/sh".into(),
+                args: vec!["-l".into()],
+                output: Output::Terminal(tty.clone()),
+            });
+        }
+    }
+
+    // DHCP can take seconds under emulation: it runs beside containerd's start-up.
+    let (net_tx, net_rx) = mpsc::channel();
+    let net_cfg = network_config(&cfg);
+    let iface_override = cfg.network.interface.clone();
+    let host_for_dhcp = hostname.clone();
+    std::thread::spawn(move || {
+        let _ = net_tx.send(bring_up_network(net_cfg, iface_override, &host_for_dhcp));
+    });
+
+    let role = cfg.runtime.role.clone();
+    let mut runtime_started = role == "none";
+    let mut ready = false;
+    let shutdown = loop {
+        if let Some(req) = sup.tick(Duration::from_millis(if ready { 1000 } else { 50 })) {
+            break req;
+        }
+        if !runtime_started {
+            if let Ok(summary) = net_rx.try_recv() {
+                info!("{summary}");
+                let mut args = vec![role.clone()];
+                if role == "server" {
+                    args.extend(["--data-dir".into(), "/var/lib/cairn/server".into()]);
+                }
+                args.extend(cfg.runtime.args.iter().cloned());
+                sup.add(ServiceSpec {
+                    name: "cairn".into(),
+                    program: "/usr/bin/cairn".into(),
+                    args,
+                    output: Output::Logged,
+                });
+                runtime_started = true;
+            }
+        }
+        if !ready && runtime_started && is_ready(&sup, &role) {
+            ready = true;
+            let slot = cairn_update::Slot::from_cmdline(
+                &std::fs::read_to_string("/proc/cmdline").unwrap_or_default(),
+            )
+            .and_then(Result::ok)
+            .unwrap_or(cairn_update::Slot::A);
+            let version = std::fs::read_to_string("/etc/cairn/version").unwrap_or_default();
+            info!("init rss_kib={}", rss_kib());
+            println!(
+                "CAIRN READY slot={slot} boot_ms={} version={}",
+                log::boot_ms(),
+                version.trim()
+            );
+            let _ = std::io::stdout().flush();
+        }
+    };
+    finish(&mut sup, &mounted, shutdown)
+}
+
+fn early_mounts(mounted: &mut Vec<PathBuf>) -> Result<(), sys::SysError> {
+    sys::mount_kernel_filesystems(Path::new("/"))?;
+    let nosuid = libc::MS_NOSUID | libc::MS_NODEV;
+    let _ = std::fs::create_dir_all("/dev/pts");
+    let _ = std::fs::create_dir_all("/dev/shm");
+    for (src, dir, fs, flags, data) in [
+        ("tmpfs", "/run", "tmpfs", nosuid, Some("mode=0755")),
+        ("tmpfs", "/tmp", "tmpfs", nosuid, Some("mode=1777")),
+        ("devpts", "/dev/pts", "devpts", libc::MS_NOSUID | libc::MS_NOEXEC, Some("gid=5,mode=620,ptmxmode=000")),
+        ("tmpfs", "/dev/shm", "tmpfs", nosuid, Some("mode=1777")),
+        ("cgroup2", "/sys/fs/cgroup", "cgroup2", nosuid | libc::MS_NOEXEC, Some("nsdelegate")),
+    ] {
+        let target = Path::new(dir);
+        if sys::is_mountpoint(target) {
+            continue;
+        }
+        sys::mount(src, target, fs, flags, data)?;
+        mounted.push(target.to_path_buf());
+    }
+    Ok(())
+}
+
+/// The directories services expect on the (possibly fresh) data partition.
+fn prepare_var() {
+    for d in [
+        "/var/lib/cairn",
+        "/var/lib/containerd",
+        "/var/log/cairn",
+        "/var/lib/cairn/etc/upper",
+        "/var/lib/cairn/etc/work",
+        "/var/tmp",
+        "/run/containerd",
+    ] {
+        if let Err(e) = std::fs::create_dir_all(d) {
+            info!("create {d}: {e}");
+        }
+    }
+}
+
+/// /etc stays the image's, with local changes in an overlay kept on the data partition.
+fn overlay_etc() -> Result<(), sys::SysError> {
+    sys::mount(
+        "overlay",
+        Path::new("/etc"),
+        "overlay",
+        libc::MS_NOSUID | libc::MS_NODEV,
+        Some("lowerdir=/etc,upperdir=/var/lib/cairn/etc/upper,workdir=/var/lib/cairn/etc/work"),
+    )
+}
+
+fn mount_boot_partition() -> bool {
+    let Some(part) = crate::blockdev::find_by_label(Path::new("/sys"), "boot") else {
+        info!("no boot partition found: using the persisted configuration");
+        return false;
+    };
+    match sys::mount(
+        &part.dev().to_string_lossy(),
+        Path::new("/boot"),
+        "vfat",
+        libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+        Some("umask=0077"),
+    ) {
+        Ok(()) => true,
+        Err(e) => {
+            info!("{e}");
+            false
+        }
+    }
+}
+
+/// Boot-partition config merged over the persisted one; the result is persisted again so
+/// the node keeps its settings when the boot partition copy is removed.
+fn load_config() -> Config {
+    let mut table = toml::Table::new();
+    if let Ok(text) = std::fs::read_to_string(PERSISTED_CONFIG) {
+        match config::parse_table(&text, PERSISTED_CONFIG) {
+            Ok(t) => table = t,
+            Err(e) => info!("ignoring {e}"),
+        }
+    }
+    if let Ok(text) = std::fs::read_to_string(BOOT_CONFIG) {
+        match config::parse_table(&text, BOOT_CONFIG) {
+            Ok(t) => config::merge(&mut table, t),
+            Err(e) => info!("ignoring {e}"),
+        }
+    }
+    let _ = std::fs::write(PERSISTED_CONFIG, toml::to_string(&table).unwrap_or_default());
+    match config::from_table(table) {
+        Ok(c) => c,
+        Err(e) => {
+            info!("cairn.toml: {e}; using defaults");
+            Config::default()
+        }
+    }
+}
+
+/// The last `console=` on the kernel command line, as a device path.
+fn console_device() -> Option<PathBuf> {
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    cmdline
+        .split_whitespace()
+        .filter_map(|a| a.strip_prefix("console="))
+        .last()
+        .map(|c| Path::new("/dev").join(c.split(',').next().unwrap_or(c)))
+}
+
+fn network_config(cfg: &Config) -> net::NetworkConfig {
+    match cfg.network.mode.as_str() {
+        "off" => net::NetworkConfig::Off,
+        "static" => {
+            let parsed = cfg.network.address.as_deref().and_then(|a| {
+                let (ip, prefix) = a.split_once('/')?;
+                Some((ip.parse().ok()?, prefix.parse().ok()?))
+            });
+            match parsed {
+                Some((address, prefix_len)) => net::NetworkConfig::Static(net::StaticConfig {
+                    address,
+                    prefix_len,
+                    gateway: cfg.network.gateway,
+                    dns: cfg.network.dns.clone(),
+                }),
+                None => {
+                    info!("network.address must be like 192.168.1.50/24 in static mode; using DHCP");
+                    net::NetworkConfig::Dhcp
+                }
+            }
+        }
+        _ => net::NetworkConfig::Dhcp,
+    }
+}
+
+fn bring_up_network(cfg: net::NetworkConfig, iface: Option<String>, hostname: &str) -> String {
+    if let Err(e) = net::bring_up_loopback() {
+        return format!("loopback: {e}");
+    }
+    if matches!(cfg, net::NetworkConfig::Off) {
+        return "network: off".into();
+    }
+    let iface = match iface.map(Ok).unwrap_or_else(|| net::first_ethernet_interface().map(|o| o.unwrap_or_default())) {
+        Ok(i) if !i.is_empty() => i,
+        Ok(_) => return "network: no Ethernet interface".into(),
+        Err(e) => return format!("network: {e}"),
+    };
+    match net::configure(&iface, &cfg, hostname, Duration::from_secs(30)) {
+        Ok(Some(lease)) => {
+            if let Err(e) = net::write_resolv_conf(Path::new("/run/resolv.conf"), &lease.dns, &[]) {
+                info!("resolv.conf: {e}");
+            }
+            format!(
+                "network: {iface} {}/{} gateway {} (DHCP from {})",
+                lease.address,
+                lease.prefix_len,
+                lease.gateway.map(|g| g.to_string()).unwrap_or_else(|| "none".into()),
+                lease.server
+            )
+        }
+        Ok(None) => {
+            if let net::NetworkConfig::Static(s) = &cfg {
+                let _ = net::write_resolv_conf(Path::new("/run/resolv.conf"), &s.dns, &[]);
+            }
+            format!("network: {iface} configured")
+        }
+        Err(e) => format!("network: {e}"),
+    }
+}
+
+fn is_ready(sup: &Supervisor, role: &str) -> bool {
+    if !containerd_answers() {
+        return false;
+    }
+    role == "none" || sup.uptime_of("cairn").is_some_and(|t| t >= Duration::from_millis(500))
+}
+
+/// containerd's socket answers when it completes an HTTP/2 handshake (its gRPC server
+/// sends SETTINGS), which only happens once its services are registered.
+fn containerd_answers() -> bool {
+    let Ok(mut s) = std::os::unix::net::UnixStream::connect(CONTAINERD_SOCK) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+    let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    hello.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]); // empty SETTINGS frame
+    if s.write_all(&hello).is_err() {
+        return false;
+    }
+    let mut header = [0u8; 9];
+    s.read_exact(&mut header).is_ok() && header[3] == 4
+}
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+fn finish(sup: &mut Supervisor, mounted: &[PathBuf], how: Shutdown) -> ! {
+    info!("shutting down ({how:?})");
+    sup.stop_all(Duration::from_secs(10));
+    sys::sync();
+    for target in mounted.iter().rev() {
+        if let Err(e) = sys::umount(target, 0) {
+            // Still busy: make it read-only so nothing is left half-written.
+            info!("{e}; remounting read-only");
+            let _ = sys::mount(
+                "",
+                target,
+                "",
+                libc::MS_REMOUNT | libc::MS_RDONLY,
+                None,
+            );
+        } else if target == Path::new("/var") {
+            info!("data filesystem unmounted cleanly");
+        }
+    }
+    sys::sync();
+    let cmd = match how {
+        Shutdown::Reboot => libc::LINUX_REBOOT_CMD_RESTART,
+        Shutdown::Poweroff => libc::LINUX_REBOOT_CMD_POWER_OFF,
+        Shutdown::Halt => libc::LINUX_REBOOT_CMD_HALT,
+    };
+    info!("{}", sys::reboot(cmd));
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+}
+
+fn emergency_reboot() -> ! {
+    let e = sys::reboot(libc::LINUX_REBOOT_CMD_RESTART);
+    info!("{e}");
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+}
