@@ -161,7 +161,11 @@ fn render_with_checksum(map: &BlockMap, checksum: &str) -> String {
          that hold data. Blocks outside them are all zeros and need not be written. -->"
     );
     let _ = writeln!(x, "<bmap version=\"2.0\">");
-    let _ = writeln!(x, "    <!-- Image size in bytes: {} -->", human(map.image_size));
+    let _ = writeln!(
+        x,
+        "    <!-- Image size in bytes: {} -->",
+        human(map.image_size)
+    );
     let _ = writeln!(x, "    <ImageSize> {} </ImageSize>", map.image_size);
     let _ = writeln!(x, "    <!-- Size of a block in bytes -->");
     let _ = writeln!(x, "    <BlockSize> {BLOCK_SIZE} </BlockSize>");

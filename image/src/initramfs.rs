@@ -108,21 +108,54 @@ pub fn build(
     for d in &dirs {
         cpio.add_dir(d, 0o755)?;
     }
+    // Modules are stored decompressed: the kernel's in-place decompression is the slowest
+    // part of stage 1 under emulation, and the initramfs itself is not compressed.
     for f in &files {
-        let data = std::fs::read(moddir.join(f)).with_context(|| format!("reading module {f}"))?;
-        cpio.add_file(&format!("{base}/{f}"), 0o644, &data)?;
+        let data = read_module(&moddir.join(f))?;
+        cpio.add_file(&format!("{base}/{}", plain_name(f)), 0o644, &data)?;
     }
     // Only the shipped modules, so init never looks for a file that is not there.
     let mut dep_out = String::new();
     for f in &files {
         let (_, deps) = &dep[&module_name(f)];
-        dep_out.push_str(&format!("{f}: {}\n", deps.join(" ")));
+        let deps: Vec<&str> = deps.iter().map(|d| plain_name(d)).collect();
+        dep_out.push_str(&format!("{}: {}\n", plain_name(f), deps.join(" ")));
     }
     cpio.add_file(&format!("{base}/modules.dep"), 0o644, dep_out.as_bytes())?;
     let list: String = modules.iter().map(|m| format!("{m}\n")).collect();
     cpio.add_file("etc/cairn/modules", 0o644, list.as_bytes())?;
     cpio.finish()?;
     Ok(files.len())
+}
+
+/// `x.ko.xz` → `x.ko`.
+fn plain_name(path: &str) -> &str {
+    path.strip_suffix(".xz")
+        .or_else(|| path.strip_suffix(".zst"))
+        .or_else(|| path.strip_suffix(".gz"))
+        .unwrap_or(path)
+}
+
+fn read_module(path: &Path) -> Result<Vec<u8>> {
+    let name = path.to_string_lossy();
+    let tool = if name.ends_with(".xz") {
+        "xz"
+    } else if name.ends_with(".zst") {
+        "zstd"
+    } else if name.ends_with(".gz") {
+        "gzip"
+    } else {
+        return std::fs::read(path).with_context(|| format!("reading module {name}"));
+    };
+    let out = std::process::Command::new(tool)
+        .args(["-dc"])
+        .arg(path)
+        .output()
+        .with_context(|| format!("running {tool} (install it with 'make deps')"))?;
+    if !out.status.success() {
+        bail!("{tool} could not decompress {name}");
+    }
+    Ok(out.stdout)
 }
 
 #[cfg(test)]

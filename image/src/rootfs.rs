@@ -236,6 +236,13 @@ state = "/run/containerd"
 # cairn's agent drives containerd through its own API, not the CRI.
 disabled_plugins = ["io.containerd.grpc.v1.cri"]
 
+[debug]
+  level = "warn"
+
+# The root is read-only; containerd's optional-binaries directory lives on the data partition.
+[plugins."io.containerd.internal.v1.opt"]
+  path = "/var/lib/containerd/opt"
+
 [grpc]
   address = "/run/containerd/containerd.sock"
 "#;

@@ -16,8 +16,9 @@ pub fn build(root: &Path, out: &Path, source_date_epoch: u64) -> Result<u64> {
         .arg(out)
         .args(["-comp", "zstd", "-Xcompression-level", "19", "-b", "256K"])
         .args(["-noappend", "-no-xattrs", "-all-root", "-quiet", "-no-progress"])
+        // mksquashfs refuses SOURCE_DATE_EPOCH together with explicit times.
         .args(["-mkfs-time", &epoch, "-all-time", &epoch])
-        .env("SOURCE_DATE_EPOCH", &epoch)
+        .env_remove("SOURCE_DATE_EPOCH")
         .output()
         .context("running mksquashfs (install squashfs-tools with 'make deps')")?;
     if !result.status.success() {

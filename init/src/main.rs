@@ -15,6 +15,8 @@ mod sys;
 use std::time::Duration;
 
 fn main() {
+    // The kernel starts PID 1 with almost no environment; tools are found through PATH.
+    std::env::set_var("PATH", "/usr/sbin:/usr/bin");
     let stage2 = std::env::args().nth(1).as_deref() == Some("stage2") || !in_initramfs();
     if stage2 {
         let start = std::env::var("CAIRN_INIT_START_MS")

@@ -34,7 +34,10 @@ pub fn run(start_ms: u64) -> Result<std::convert::Infallible, Stage1Error> {
         .map(str::to_string)
         .collect();
     let n = modules::load(&modules::module_dir(Path::new("/")), &wanted);
-    info!("stage 1: loaded {n} kernel modules, booting slot {slot}");
+    info!(
+        "stage 1: loaded {n} kernel modules in {} ms, booting slot {slot}",
+        crate::log::boot_ms().saturating_sub(start_ms)
+    );
 
     let label = slot.partition_label();
     let part = crate::blockdev::wait_for_label(label, Duration::from_secs(10))
@@ -47,7 +50,11 @@ pub fn run(start_ms: u64) -> Result<std::convert::Infallible, Stage1Error> {
         libc::MS_RDONLY | libc::MS_NODEV,
         None,
     )?;
-    info!("stage 1: root {} ({label}) mounted read-only", part.dev().display());
+    info!(
+        "stage 1: root {} ({label}) mounted read-only at {} ms",
+        part.dev().display(),
+        crate::log::boot_ms()
+    );
 
     for dir in ["dev", "proc", "sys"] {
         sys::move_mount(&Path::new("/").join(dir), &sysroot.join(dir))?;

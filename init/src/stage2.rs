@@ -29,7 +29,13 @@ pub fn run(start_ms: u64) -> ! {
     };
     match data::mount(Path::new("/var")) {
         Ok(()) => mounted.push("/var".into()),
-        Err(e) => info!("data partition: {e}; /var stays in memory this boot"),
+        Err(e) => {
+            info!("data partition: {e}; /var is in memory this boot and nothing persists");
+            match sys::mount("tmpfs", Path::new("/var"), "tmpfs", libc::MS_NOSUID | libc::MS_NODEV, Some("mode=0755")) {
+                Ok(()) => mounted.push("/var".into()),
+                Err(e) => info!("{e}"),
+            }
+        }
     }
     prepare_var();
     match overlay_etc() {

@@ -117,7 +117,8 @@ impl Guid {
     /// The all-zero GUID; as a partition type it marks an unused entry.
     pub const ZERO: Guid = Guid([0; 16]);
 
-    /// Parses the textual form (case-insensitive, optional surrounding braces are not accepted).
+    /// Parses the textual form `XXXXXXXX-XXXX-XXXX-XXXX-XXXXXXXXXXXX` (hex digits in either
+    /// case; no braces).
     pub fn parse(text: &str) -> Result<Guid> {
         parse_guid(text.as_bytes()).ok_or_else(|| GptError::InvalidGuid(text.to_string()))
     }
@@ -1469,7 +1470,8 @@ mod tests {
         let table = &json["partitiontable"];
         assert_eq!(table["label"], "gpt");
         assert_eq!(table["id"], layout.disk_guid.to_string());
-        assert_eq!(table["firstlba"], 34);
+        let ours = read(&mut std::fs::File::open(path).unwrap()).unwrap();
+        assert_eq!(table["firstlba"], ours.first_usable_lba);
         assert_eq!(table["lastlba"], size / 512 - 34);
         let parts = table["partitions"].as_array().unwrap();
         assert_eq!(parts.len(), layout.partitions.len());

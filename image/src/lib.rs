@@ -1,0 +1,15 @@
+//! cairn-image: board file in, artifacts out (see ARCHITECTURE.md, Images).
+
+pub mod bmap;
+pub mod board;
+pub mod bootfiles;
+pub mod build;
+pub mod cpio;
+pub mod disk;
+pub mod fat;
+pub mod initramfs;
+pub mod manifest;
+pub mod packages;
+pub mod progress;
+pub mod rootfs;
+pub mod squashfs;
