@@ -151,11 +151,13 @@ impl Board {
                 .unwrap_or(0),
             message: e.message().replace('\n', " "),
         })?;
-        board.validate().map_err(|(key, message)| BoardError::Invalid {
-            path: path.to_owned(),
-            key,
-            message,
-        })?;
+        board
+            .validate()
+            .map_err(|(key, message)| BoardError::Invalid {
+                path: path.to_owned(),
+                key,
+                message,
+            })?;
         Ok(board)
     }
 
@@ -239,10 +241,7 @@ impl Board {
             ] {
                 if let Some(file) = file {
                     if !firmware_names.contains(&file.as_str()) {
-                        return Err((
-                            key,
-                            format!("{file:?} is not one of bootloader.firmware"),
-                        ));
+                        return Err((key, format!("{file:?} is not one of bootloader.firmware")));
                     }
                 }
             }
@@ -255,7 +254,10 @@ impl Board {
 
     /// The kernel command line shared by every slot; the bootloader adds `cairn.slot=`.
     pub fn kernel_cmdline(&self) -> String {
-        let mut args = vec![format!("console={},{}", self.console.device, self.console.baud)];
+        let mut args = vec![format!(
+            "console={},{}",
+            self.console.device, self.console.baud
+        )];
         args.extend(self.console.kernel_args.iter().cloned());
         args.join(" ")
     }

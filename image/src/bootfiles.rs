@@ -169,7 +169,11 @@ mod tests {
         let dcrc = u32::from_be_bytes(img[24..28].try_into().unwrap());
         assert_eq!(crc32fast::hash(&img[64..]), dcrc);
         assert_eq!(img[30], 6, "script type");
-        assert_eq!(&img[64..68], &8u32.to_be_bytes(), "first (only) script length");
+        assert_eq!(
+            &img[64..68],
+            &8u32.to_be_bytes(),
+            "first (only) script length"
+        );
         assert_eq!(&img[72..], b"echo hi\n");
     }
 

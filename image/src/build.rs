@@ -78,7 +78,9 @@ pub fn build(opts: &BuildOptions) -> Result<BuildOutput> {
     std::fs::create_dir_all(&fw_out)?;
     for f in &board.bootloader.firmware {
         let src = fw_root.join(f);
-        let file_name = Path::new(f).file_name().context("firmware path has no file name")?;
+        let file_name = Path::new(f)
+            .file_name()
+            .context("firmware path has no file name")?;
         std::fs::copy(&src, fw_out.join(file_name)).with_context(|| {
             format!(
                 "bootloader.firmware: {f} is not in {:?}",

@@ -86,7 +86,17 @@ pub fn build(
 
     let file = std::fs::File::create(out).with_context(|| format!("creating {}", out.display()))?;
     let mut cpio = CpioWriter::new(std::io::BufWriter::new(file), mtime);
-    for d in ["dev", "proc", "sys", "run", "sysroot", "etc", "etc/cairn", "usr", "usr/lib"] {
+    for d in [
+        "dev",
+        "proc",
+        "sys",
+        "run",
+        "sysroot",
+        "etc",
+        "etc/cairn",
+        "usr",
+        "usr/lib",
+    ] {
         cpio.add_dir(d, 0o755)?;
     }
     cpio.add_char_device("dev/console", 0o600, 5, 1)?;
@@ -188,7 +198,9 @@ kernel/net/llc/llc.ko.xz:\n";
     fn builtin_modules_need_nothing_and_unknown_ones_fail() {
         let dep = parse_modules_dep(DEP);
         let builtin: BTreeSet<String> = ["ext4".to_string()].into();
-        assert!(resolve(&["ext4".into()], &dep, &builtin).unwrap().is_empty());
+        assert!(resolve(&["ext4".into()], &dep, &builtin)
+            .unwrap()
+            .is_empty());
         let err = resolve(&["nope".into()], &dep, &builtin).unwrap_err();
         assert!(err.to_string().contains("nope"));
     }

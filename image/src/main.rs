@@ -6,7 +6,11 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
 #[derive(Parser)]
-#[command(name = "cairn-image", version, about = "Build cairn OS images from a board file")]
+#[command(
+    name = "cairn-image",
+    version,
+    about = "Build cairn OS images from a board file"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -17,7 +17,8 @@ pub struct Artifact {
 
 impl Artifact {
     pub fn of(path: &Path) -> Result<Artifact> {
-        let mut f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+        let mut f =
+            std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
         let mut h = Sha256::new();
         let mut buf = vec![0u8; 1 << 20];
         let mut bytes = 0u64;

@@ -46,10 +46,11 @@ pub fn mirror(explicit: Option<&str>) -> Result<String> {
         .map(|l| l.split_whitespace().collect::<Vec<_>>())
         .filter(|f| f.len() == 3 && f[2] == "deb")
         .collect();
-    let pick = entries
-        .iter()
-        .find(|f| f[1] == codename)
-        .or_else(|| entries.iter().find(|f| f[0].trim_end_matches('/').ends_with("/debian")));
+    let pick = entries.iter().find(|f| f[1] == codename).or_else(|| {
+        entries
+            .iter()
+            .find(|f| f[0].trim_end_matches('/').ends_with("/debian"))
+    });
     match pick {
         Some(f) => Ok(f[0].trim_end_matches('/').to_string()),
         None => bail!(
@@ -65,7 +66,11 @@ pub fn fetch(board: &Board, mirror: &str, cache: &Path) -> Result<Vec<Package>> 
     wanted.extend(board.bootloader.packages.iter().cloned());
     let key = {
         let mut h = Sha256::new();
-        for part in [&board.board.arch, &board.packages.suite, &mirror.to_string()] {
+        for part in [
+            &board.board.arch,
+            &board.packages.suite,
+            &mirror.to_string(),
+        ] {
             h.update(part.as_bytes());
             h.update([0]);
         }
@@ -94,7 +99,10 @@ pub fn fetch(board: &Board, mirror: &str, cache: &Path) -> Result<Vec<Package>> 
         let out = Command::new("mmdebstrap")
             .arg("--variant=extract")
             .arg(format!("--architectures={}", board.board.arch))
-            .arg(format!("--components={}", board.packages.components.join(",")))
+            .arg(format!(
+                "--components={}",
+                board.packages.components.join(",")
+            ))
             .arg("--skip=cleanup/apt/cache")
             .arg(format!("--include={}", wanted.join(",")))
             .arg("--quiet")
@@ -116,8 +124,8 @@ pub fn fetch(board: &Board, mirror: &str, cache: &Path) -> Result<Vec<Package>> 
         step.done();
     }
     let mut packages = Vec::new();
-    for entry in std::fs::read_dir(&archives)
-        .with_context(|| format!("reading {}", archives.display()))?
+    for entry in
+        std::fs::read_dir(&archives).with_context(|| format!("reading {}", archives.display()))?
     {
         let path = entry?.path();
         let Some(name) = path.file_name().and_then(|n| n.to_str()) else {

@@ -37,13 +37,83 @@ const PRUNED: &[&str] = &[
 
 /// busybox applets linked into /usr/bin for the console shell and for scripts.
 const BUSYBOX_APPLETS: &[&str] = &[
-    "sh", "ash", "ls", "cat", "cp", "mv", "rm", "mkdir", "rmdir", "ln", "touch", "echo", "sleep",
-    "sync", "mount", "umount", "ps", "kill", "dmesg", "ip", "ping", "df", "du", "free", "top",
-    "vi", "grep", "sed", "awk", "find", "head", "tail", "wc", "sort", "uniq", "tr", "cut", "date",
-    "uname", "hostname", "id", "env", "test", "[", "true", "false", "stat", "chmod", "chown",
-    "less", "more", "hexdump", "md5sum", "sha256sum", "wget", "nc", "netstat", "nslookup",
-    "reboot", "poweroff", "halt", "lsmod", "mountpoint", "readlink", "realpath", "basename",
-    "dirname", "xargs", "tee", "dd", "printf", "which", "seq", "expr", "yes", "clear", "reset",
+    "sh",
+    "ash",
+    "ls",
+    "cat",
+    "cp",
+    "mv",
+    "rm",
+    "mkdir",
+    "rmdir",
+    "ln",
+    "touch",
+    "echo",
+    "sleep",
+    "sync",
+    "mount",
+    "umount",
+    "ps",
+    "kill",
+    "dmesg",
+    "ip",
+    "ping",
+    "df",
+    "du",
+    "free",
+    "top",
+    "vi",
+    "grep",
+    "sed",
+    "awk",
+    "find",
+    "head",
+    "tail",
+    "wc",
+    "sort",
+    "uniq",
+    "tr",
+    "cut",
+    "date",
+    "uname",
+    "hostname",
+    "id",
+    "env",
+    "test",
+    "[",
+    "true",
+    "false",
+    "stat",
+    "chmod",
+    "chown",
+    "less",
+    "more",
+    "hexdump",
+    "md5sum",
+    "sha256sum",
+    "wget",
+    "nc",
+    "netstat",
+    "nslookup",
+    "reboot",
+    "poweroff",
+    "halt",
+    "lsmod",
+    "mountpoint",
+    "readlink",
+    "realpath",
+    "basename",
+    "dirname",
+    "xargs",
+    "tee",
+    "dd",
+    "printf",
+    "which",
+    "seq",
+    "expr",
+    "yes",
+    "clear",
+    "reset",
 ];
 
 pub struct Root {
@@ -188,7 +258,9 @@ fn install_cairn(board: &Board, bins: &Binaries, version: &str, root: &Path) -> 
         symlink("cairn-init", init_link)?;
     }
     // Mount points for stage 2; /var is the data partition, /boot the boot partition.
-    for d in ["proc", "sys", "dev", "run", "tmp", "var", "boot", "root", "mnt"] {
+    for d in [
+        "proc", "sys", "dev", "run", "tmp", "var", "boot", "root", "mnt",
+    ] {
         std::fs::create_dir_all(root.join(d))?;
     }
     let etc = root.join("etc");
@@ -257,7 +329,10 @@ fn depmod(root: &Path, kernel_version: &str) -> Result<()> {
     if !out.status.success() {
         bail!(
             "depmod failed: {}",
-            String::from_utf8_lossy(&out.stderr).lines().next().unwrap_or("")
+            String::from_utf8_lossy(&out.stderr)
+                .lines()
+                .next()
+                .unwrap_or("")
         );
     }
     Ok(())

@@ -15,7 +15,13 @@ pub fn build(root: &Path, out: &Path, source_date_epoch: u64) -> Result<u64> {
         .arg(root)
         .arg(out)
         .args(["-comp", "zstd", "-Xcompression-level", "19", "-b", "256K"])
-        .args(["-noappend", "-no-xattrs", "-all-root", "-quiet", "-no-progress"])
+        .args([
+            "-noappend",
+            "-no-xattrs",
+            "-all-root",
+            "-quiet",
+            "-no-progress",
+        ])
         // mksquashfs refuses SOURCE_DATE_EPOCH together with explicit times.
         .args(["-mkfs-time", &epoch, "-all-time", &epoch])
         .env_remove("SOURCE_DATE_EPOCH")

@@ -101,7 +101,10 @@ mod tests {
         std::os::unix::fs::symlink(&disk, class.join("vda")).unwrap();
 
         let p = find_by_label(dir.path(), "root_a").expect("found");
-        assert_eq!((p.name.as_str(), p.disk.as_str(), p.number), ("vda2", "vda", 2));
+        assert_eq!(
+            (p.name.as_str(), p.disk.as_str(), p.number),
+            ("vda2", "vda", 2)
+        );
         assert!(find_by_label(dir.path(), "root_b").is_none());
     }
 }

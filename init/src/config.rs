@@ -125,9 +125,11 @@ mod tests {
 
     #[test]
     fn boot_partition_values_win_and_the_rest_is_kept() {
-        let mut persisted =
-            parse_table("hostname = \"old\"\n[network]\nmode = \"static\"\naddress = \"10.0.0.2/24\"\n", "p")
-                .unwrap();
+        let mut persisted = parse_table(
+            "hostname = \"old\"\n[network]\nmode = \"static\"\naddress = \"10.0.0.2/24\"\n",
+            "p",
+        )
+        .unwrap();
         let boot = parse_table("hostname = \"edge-1\"\n[network]\nmode = \"dhcp\"\n", "b").unwrap();
         merge(&mut persisted, boot);
         let cfg = from_table(persisted).unwrap();

@@ -85,8 +85,13 @@ fn grow_partition(part: &Partition) -> Result<bool, DataError> {
     if p.name != LABEL {
         return Ok(false);
     }
-    resize_kernel_partition(&f, part, p.first_lba * 512, (p.last_lba - p.first_lba + 1) * 512)
-        .map_err(io("resize partition on"))?;
+    resize_kernel_partition(
+        &f,
+        part,
+        p.first_lba * 512,
+        (p.last_lba - p.first_lba + 1) * 512,
+    )
+    .map_err(io("resize partition on"))?;
     Ok(true)
 }
 
@@ -165,11 +170,22 @@ pub fn mount(target: &Path) -> Result<(), DataError> {
     };
     match state {
         FsState::NoFilesystem => {
-            info!("first boot: making the data filesystem on {}", dev.display());
+            info!(
+                "first boot: making the data filesystem on {}",
+                dev.display()
+            );
             let dev_s = dev.to_string_lossy();
             run_tool(
                 "mkfs.ext4",
-                &["-q", "-F", "-L", "cairn-data", "-E", "lazy_itable_init=1,lazy_journal_init=1", &dev_s],
+                &[
+                    "-q",
+                    "-F",
+                    "-L",
+                    "cairn-data",
+                    "-E",
+                    "lazy_itable_init=1,lazy_journal_init=1",
+                    &dev_s,
+                ],
             )?;
         }
         FsState::Clean => info!("data filesystem was cleanly unmounted"),
@@ -190,7 +206,12 @@ pub fn mount(target: &Path) -> Result<(), DataError> {
         }
     }
     let size = blockdev::size_bytes(&part.name).unwrap_or(0);
-    info!("data partition {} ({} MiB) mounted on {}", dev.display(), size >> 20, target.display());
+    info!(
+        "data partition {} ({} MiB) mounted on {}",
+        dev.display(),
+        size >> 20,
+        target.display()
+    );
     Ok(())
 }
 

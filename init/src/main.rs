@@ -30,7 +30,9 @@ fn main() {
         Ok(never) => match never {},
         Err(e) => {
             info!("stage 1 failed: {e}");
-            info!("rebooting in 10 s (the bootloader's counter falls back after repeated failures)");
+            info!(
+                "rebooting in 10 s (the bootloader's counter falls back after repeated failures)"
+            );
             std::thread::sleep(Duration::from_secs(10));
             info!("{}", sys::reboot(libc::LINUX_REBOOT_CMD_RESTART));
         }

@@ -33,8 +33,7 @@ pub fn parse_dep(text: &str) -> HashMap<String, (String, Vec<String>)> {
 
 /// Files to load for `names`, each after everything it depends on.
 pub fn load_order(names: &[String], dep: &HashMap<String, (String, Vec<String>)>) -> Vec<String> {
-    let deps_of: HashMap<&str, &Vec<String>> =
-        dep.values().map(|(p, d)| (p.as_str(), d)).collect();
+    let deps_of: HashMap<&str, &Vec<String>> = dep.values().map(|(p, d)| (p.as_str(), d)).collect();
     let mut seen = HashSet::new();
     let mut out = Vec::new();
     fn visit<'a>(

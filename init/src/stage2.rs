@@ -31,7 +31,13 @@ pub fn run(start_ms: u64) -> ! {
         Ok(()) => mounted.push("/var".into()),
         Err(e) => {
             info!("data partition: {e}; /var is in memory this boot and nothing persists");
-            match sys::mount("tmpfs", Path::new("/var"), "tmpfs", libc::MS_NOSUID | libc::MS_NODEV, Some("mode=0755")) {
+            match sys::mount(
+                "tmpfs",
+                Path::new("/var"),
+                "tmpfs",
+                libc::MS_NOSUID | libc::MS_NODEV,
+                Some("mode=0755"),
+            ) {
                 Ok(()) => mounted.push("/var".into()),
                 Err(e) => info!("{e}"),
             }
@@ -137,9 +143,21 @@ fn early_mounts(mounted: &mut Vec<PathBuf>) -> Result<(), sys::SysError> {
     for (src, dir, fs, flags, data) in [
         ("tmpfs", "/run", "tmpfs", nosuid, Some("mode=0755")),
         ("tmpfs", "/tmp", "tmpfs", nosuid, Some("mode=1777")),
-        ("devpts", "/dev/pts", "devpts", libc::MS_NOSUID | libc::MS_NOEXEC, Some("gid=5,mode=620,ptmxmode=000")),
+        (
+            "devpts",
+            "/dev/pts",
+            "devpts",
+            libc::MS_NOSUID | libc::MS_NOEXEC,
+            Some("gid=5,mode=620,ptmxmode=000"),
+        ),
         ("tmpfs", "/dev/shm", "tmpfs", nosuid, Some("mode=1777")),
-        ("cgroup2", "/sys/fs/cgroup", "cgroup2", nosuid | libc::MS_NOEXEC, Some("nsdelegate")),
+        (
+            "cgroup2",
+            "/sys/fs/cgroup",
+            "cgroup2",
+            nosuid | libc::MS_NOEXEC,
+            Some("nsdelegate"),
+        ),
     ] {
         let target = Path::new(dir);
         if sys::is_mountpoint(target) {
@@ -215,7 +233,10 @@ fn load_config() -> Config {
             Err(e) => info!("ignoring {e}"),
         }
     }
-    let _ = std::fs::write(PERSISTED_CONFIG, toml::to_string(&table).unwrap_or_default());
+    let _ = std::fs::write(
+        PERSISTED_CONFIG,
+        toml::to_string(&table).unwrap_or_default(),
+    );
     match config::from_table(table) {
         Ok(c) => c,
         Err(e) => {
@@ -251,7 +272,9 @@ fn network_config(cfg: &Config) -> net::NetworkConfig {
                     dns: cfg.network.dns.clone(),
                 }),
                 None => {
-                    info!("network.address must be like 192.168.1.50/24 in static mode; using DHCP");
+                    info!(
+                        "network.address must be like 192.168.1.50/24 in static mode; using DHCP"
+                    );
                     net::NetworkConfig::Dhcp
                 }
             }
@@ -267,7 +290,10 @@ fn bring_up_network(cfg: net::NetworkConfig, iface: Option<String>, hostname: &s
     if matches!(cfg, net::NetworkConfig::Off) {
         return "network: off".into();
     }
-    let iface = match iface.map(Ok).unwrap_or_else(|| net::first_ethernet_interface().map(|o| o.unwrap_or_default())) {
+    let iface = match iface
+        .map(Ok)
+        .unwrap_or_else(|| net::first_ethernet_interface().map(|o| o.unwrap_or_default()))
+    {
         Ok(i) if !i.is_empty() => i,
         Ok(_) => return "network: no Ethernet interface".into(),
         Err(e) => return format!("network: {e}"),
@@ -281,7 +307,10 @@ fn bring_up_network(cfg: net::NetworkConfig, iface: Option<String>, hostname: &s
                 "network: {iface} {}/{} gateway {} (DHCP from {})",
                 lease.address,
                 lease.prefix_len,
-                lease.gateway.map(|g| g.to_string()).unwrap_or_else(|| "none".into()),
+                lease
+                    .gateway
+                    .map(|g| g.to_string())
+                    .unwrap_or_else(|| "none".into()),
                 lease.server
             )
         }
@@ -299,7 +328,10 @@ fn is_ready(sup: &Supervisor, role: &str) -> bool {
     if !containerd_answers() {
         return false;
     }
-    role == "none" || sup.uptime_of("cairn").is_some_and(|t| t >= Duration::from_millis(500))
+    role == "none"
+        || sup
+            .uptime_of("cairn")
+            .is_some_and(|t| t >= Duration::from_millis(500))
 }
 
 /// containerd's socket answers when it completes an HTTP/2 handshake (its gRPC server
@@ -335,13 +367,7 @@ fn finish(sup: &mut Supervisor, mounted: &[PathBuf], how: Shutdown) -> ! {
         if let Err(e) = sys::umount(target, 0) {
             // Still busy: make it read-only so nothing is left half-written.
             info!("{e}; remounting read-only");
-            let _ = sys::mount(
-                "",
-                target,
-                "",
-                libc::MS_REMOUNT | libc::MS_RDONLY,
-                None,
-            );
+            let _ = sys::mount("", target, "", libc::MS_REMOUNT | libc::MS_RDONLY, None);
         } else if target == Path::new("/var") {
             info!("data filesystem unmounted cleanly");
         }

@@ -143,11 +143,16 @@ impl Supervisor {
                 let mut fds = [0; 2];
                 // SAFETY: pipe2 fills two descriptors we then own.
                 if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
-                    info!("{}: pipe: {}", svc.spec.name, std::io::Error::last_os_error());
+                    info!(
+                        "{}: pipe: {}",
+                        svc.spec.name,
+                        std::io::Error::last_os_error()
+                    );
                     return;
                 }
                 // SAFETY: both descriptors were just created and are owned here.
-                let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+                let (r, w) =
+                    unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
                 let w2 = match w.try_clone() {
                     Ok(w2) => w2,
                     Err(e) => {
@@ -171,7 +176,11 @@ impl Supervisor {
             });
         }
         if let Some(path) = tty {
-            match std::fs::OpenOptions::new().read(true).write(true).open(&path) {
+            match std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&path)
+            {
                 Ok(t) => {
                     let fd = t.as_raw_fd();
                     let (Ok(a), Ok(b)) = (t.try_clone(), t.try_clone()) else {
@@ -340,7 +349,9 @@ impl Supervisor {
 
     fn drain(&mut self, i: usize) {
         let svc = &mut self.services[i];
-        let Some(pipe) = svc.pipe.as_mut() else { return };
+        let Some(pipe) = svc.pipe.as_mut() else {
+            return;
+        };
         let mut buf = [0u8; 4096];
         loop {
             match pipe.read(&mut buf) {
@@ -375,7 +386,9 @@ impl Supervisor {
     pub fn stop_all(&mut self, grace: Duration) {
         for i in (0..self.services.len()).rev() {
             self.services[i].next_start = None;
-            let Some(pid) = self.services[i].pid else { continue };
+            let Some(pid) = self.services[i].pid else {
+                continue;
+            };
             info!("stopping {}", self.services[i].spec.name);
             // SAFETY: signalling our own child.
             unsafe { libc::kill(pid, libc::SIGTERM) };
@@ -384,7 +397,11 @@ impl Supervisor {
                 self.wait_for_children(Duration::from_millis(50));
             }
             if let Some(pid) = self.services[i].pid {
-                info!("{} did not stop in {}s: killing it", self.services[i].spec.name, grace.as_secs());
+                info!(
+                    "{} did not stop in {}s: killing it",
+                    self.services[i].spec.name,
+                    grace.as_secs()
+                );
                 // SAFETY: as above.
                 unsafe { libc::kill(pid, libc::SIGKILL) };
                 self.wait_for_children(Duration::from_millis(500));

@@ -153,7 +153,12 @@ pub fn free_port() -> Result<u16> {
 
 /// The QEMU command line for a board and disk: the one place it is built, for tests,
 /// benchmarks and `make run`.
-pub fn qemu_command(board: &BoardImage, disk: &Path, vars: Option<&Path>, api_port: u16) -> Command {
+pub fn qemu_command(
+    board: &BoardImage,
+    disk: &Path,
+    vars: Option<&Path>,
+    api_port: u16,
+) -> Command {
     let q = &board.qemu;
     let mut cmd = Command::new(&q.binary);
     cmd.args(&q.machine)
@@ -178,7 +183,9 @@ pub fn qemu_command(board: &BoardImage, disk: &Path, vars: Option<&Path>, api_po
         .arg(drive)
         .args(["-device", "virtio-blk-pci,drive=disk0"])
         .arg("-netdev")
-        .arg(format!("user,id=net0,hostfwd=tcp:127.0.0.1:{api_port}-:6443"))
+        .arg(format!(
+            "user,id=net0,hostfwd=tcp:127.0.0.1:{api_port}-:6443"
+        ))
         .args(["-device", "virtio-net-pci,netdev=net0"])
         .args(["-display", "none", "-no-reboot"]);
     cmd
@@ -257,10 +264,16 @@ impl Vm {
                 return Ok(text[line_start..line_end].to_string());
             }
             if let Ok(Some(status)) = self.child.try_wait() {
-                bail!("QEMU exited ({status}) before {pattern:?} appeared; serial tail:\n{}", tail(&text));
+                bail!(
+                    "QEMU exited ({status}) before {pattern:?} appeared; serial tail:\n{}",
+                    tail(&text[self.cursor.min(text.len())..])
+                );
             }
             if start.elapsed() > timeout {
-                bail!("{pattern:?} did not appear within {timeout:?}; serial tail:\n{}", tail(&text));
+                bail!(
+                    "{pattern:?} did not appear within {timeout:?}; serial tail:\n{}",
+                    tail(&text[self.cursor.min(text.len())..])
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -282,7 +295,10 @@ impl Vm {
             let mut search = 0;
             while let Some(p) = region[search..].find(&tag) {
                 let at = search + p + tag.len();
-                let digits: String = region[at..].chars().take_while(|c| c.is_ascii_digit()).collect();
+                let digits: String = region[at..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_digit())
+                    .collect();
                 if !digits.is_empty() {
                     let echoed_end = region.find(&format!("{tag}$?")).map(|p| p + tag.len() + 2);
                     let out_start = echoed_end
@@ -296,7 +312,10 @@ impl Vm {
                 search = at;
             }
             if start.elapsed() > timeout {
-                bail!("{command:?} did not finish within {timeout:?}; serial tail:\n{}", tail(&text));
+                bail!(
+                    "{command:?} did not finish within {timeout:?}; serial tail:\n{}",
+                    tail(&text)
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -325,7 +344,10 @@ impl Vm {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        bail!("QEMU still running after {timeout:?}; serial tail:\n{}", tail(&self.serial()))
+        bail!(
+            "QEMU still running after {timeout:?}; serial tail:\n{}",
+            tail(&self.serial())
+        )
     }
 
     /// Pulls the power: no shutdown, no flush.

@@ -27,13 +27,23 @@ fn boots_to_ready_with_read_only_root(board: &str) {
         .find(|l| l.split_whitespace().nth(1) == Some("/"))
         .expect("a / mount");
     assert!(root.contains("squashfs") && root.contains(" ro"), "{root}");
-    assert!(mounts.lines().any(|l| l.contains(" /var ext4 rw")), "{mounts}");
-    assert!(mounts.lines().any(|l| l.contains(" /etc overlay rw")), "{mounts}");
+    assert!(
+        mounts.lines().any(|l| l.contains(" /var ext4 rw")),
+        "{mounts}"
+    );
+    assert!(
+        mounts.lines().any(|l| l.contains(" /etc overlay rw")),
+        "{mounts}"
+    );
     let (code, _) = vm.sh("touch /etc/writable-probe", SH).expect("sh");
     assert_eq!(code, 0, "/etc is a writable overlay");
     // The data partition was grown to the 2 GiB disk on first boot.
     let (_, df) = vm.sh("df -m /var | tail -1", SH).expect("sh");
-    let size_mb: u64 = df.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let size_mb: u64 = df
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
     assert!(size_mb > 1000, "data filesystem should fill the disk: {df}");
     // containerd and cairn run under init.
     let (_, ps) = vm.sh("ps", SH).expect("sh");
@@ -61,7 +71,8 @@ fn var_persists_and_ctrl_alt_del_is_clean(board: &str) {
             .expect("services stopped");
         vm.wait_for("data filesystem unmounted cleanly", Duration::from_secs(60))
             .expect("data unmounted");
-        vm.wait_exit(Duration::from_secs(60)).expect("guest rebooted");
+        vm.wait_exit(Duration::from_secs(60))
+            .expect("guest rebooted");
     }
     let mut vm = Vm::boot(&image, &disk, "boot2").expect("qemu");
     vm.wait_for("data filesystem was cleanly unmounted", BOOT_TIMEOUT)
@@ -70,7 +81,9 @@ fn var_persists_and_ctrl_alt_del_is_clean(board: &str) {
     let (code, out) = vm.sh("cat /var/lib/cairn/probe", SH).expect("sh");
     assert_eq!(code, 0);
     assert!(out.contains("kept-across-boots"), "{out}");
-    assert!(!vm.serial().contains("first boot: making the data filesystem"));
+    assert!(!vm
+        .serial()
+        .contains("first boot: making the data filesystem"));
 }
 
 #[test]

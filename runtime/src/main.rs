@@ -9,7 +9,11 @@ use std::net::{IpAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 
 #[derive(Parser)]
-#[command(name = "cairn", version, about = "cairn node runtime: server and agent")]
+#[command(
+    name = "cairn",
+    version,
+    about = "cairn node runtime: server and agent"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
