@@ -17,6 +17,8 @@ pub struct BuildOptions {
     pub version: String,
     pub source_date_epoch: u64,
     pub mirror: Option<String>,
+    /// Package download cache; default `<out>/.cache`.
+    pub cache: Option<PathBuf>,
     /// The cairn source tree whose crates are cross-compiled.
     pub source: PathBuf,
     /// Prebuilt device binaries (e.g. from Buildroot) instead of compiling them.
@@ -39,7 +41,10 @@ pub fn build(opts: &BuildOptions) -> Result<BuildOutput> {
     let out_dir = opts.out.join(name);
     let work = out_dir.join(".work");
     std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
-    let cache = opts.out.join(".cache");
+    let cache = opts
+        .cache
+        .clone()
+        .unwrap_or_else(|| opts.out.join(".cache"));
 
     let bins = device_binaries(&board, opts)?;
     let pkgs = packages::fetch(&board, &mirror, &cache)?;

@@ -38,6 +38,9 @@ enum Command {
         /// Debian archive URI; default: CAIRN_MIRROR, else the archive the host's apt uses.
         #[arg(long, env = "CAIRN_MIRROR")]
         mirror: Option<String>,
+        /// Package download cache (default: OUT/.cache).
+        #[arg(long)]
+        cache: Option<PathBuf>,
         /// cairn source tree to cross-compile the device binaries from.
         #[arg(long, default_value = ".")]
         source: PathBuf,
@@ -72,6 +75,7 @@ fn run(cli: Cli) -> Result<()> {
             version,
             source_date_epoch,
             mirror,
+            cache,
             source,
             init_bin,
             cairn_bin,
@@ -82,6 +86,7 @@ fn run(cli: Cli) -> Result<()> {
                 version,
                 source_date_epoch,
                 mirror,
+                cache,
                 source,
                 init_bin,
                 cairn_bin,
