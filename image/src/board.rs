@@ -32,6 +32,8 @@ pub struct Board {
     pub board: Identity,
     pub packages: Packages,
     pub initramfs: Initramfs,
+    #[serde(default)]
+    pub root: Root,
     pub bootloader: Bootloader,
     pub partitions: Partitions,
     pub console: Console,
@@ -69,6 +71,15 @@ fn default_components() -> Vec<String> {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Initramfs {
+    pub modules: Vec<String>,
+}
+
+/// What stage 2 does on the root.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Root {
+    /// Modules stage 2 loads in the background (not needed to reach the root).
+    #[serde(default)]
     pub modules: Vec<String>,
 }
 

@@ -31,9 +31,6 @@ mode = "dhcp"                    # "dhcp", "static" or "off"
 [console]
 shell = true                     # a root shell on the serial console
 
-[update]
-health_timeout = "5m"            # a trial slot not healthy by then falls back
-
 [runtime]
 role = "server"                  # "server", "agent" or "none"
 "#;

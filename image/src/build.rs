@@ -49,6 +49,8 @@ pub fn build(opts: &BuildOptions) -> Result<BuildOutput> {
     let bins = device_binaries(&board, opts)?;
     let pkgs = packages::fetch(&board, &mirror, &cache)?;
     let root = rootfs::assemble(&board, &pkgs, &bins, &opts.version, &work)?;
+    initramfs::module_files(&root.dir, &root.kernel_version, &board.root.modules)
+        .context("root.modules")?;
 
     let mtime = u32::try_from(opts.source_date_epoch).unwrap_or(u32::MAX);
     let initrd_path = work.join("initrd.img");
@@ -60,7 +62,8 @@ pub fn build(opts: &BuildOptions) -> Result<BuildOutput> {
         &board.initramfs.modules,
         mtime,
         &initrd_path,
-    )?;
+    )
+    .context("initramfs.modules")?;
     step.done();
     eprintln!("cairn-image: initramfs carries {nmods} kernel modules");
 

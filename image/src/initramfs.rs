@@ -57,10 +57,29 @@ pub fn resolve(
         match dep.get(&name) {
             Some((path, _)) => visit(path, &by_path, &mut seen, &mut ordered),
             None if builtin.contains(&name) => {}
-            None => bail!("initramfs.modules: no kernel module named {name:?} in this kernel"),
+            None => bail!("no kernel module named {name:?} in this kernel"),
         }
     }
     Ok(ordered)
+}
+
+/// The module files (dependencies first) for `names` in the root's kernel, and the parsed
+/// `modules.dep`. Fails naming the first module this kernel does not have.
+pub fn module_files(
+    root: &Path,
+    kernel_version: &str,
+    names: &[String],
+) -> Result<(Vec<String>, BTreeMap<String, (String, Vec<String>)>)> {
+    let moddir = root.join("usr/lib/modules").join(kernel_version);
+    let dep_text = std::fs::read_to_string(moddir.join("modules.dep"))
+        .with_context(|| format!("reading modules.dep in {}", moddir.display()))?;
+    let dep = parse_modules_dep(&dep_text);
+    let builtin: BTreeSet<String> = std::fs::read_to_string(moddir.join("modules.builtin"))
+        .unwrap_or_default()
+        .lines()
+        .map(module_name)
+        .collect();
+    Ok((resolve(names, &dep, &builtin)?, dep))
 }
 
 /// Writes the initramfs to `out`. `root` is the assembled root (for modules), `init` the
@@ -74,15 +93,7 @@ pub fn build(
     out: &Path,
 ) -> Result<usize> {
     let moddir = root.join("usr/lib/modules").join(kernel_version);
-    let dep_text = std::fs::read_to_string(moddir.join("modules.dep"))
-        .with_context(|| format!("reading modules.dep in {}", moddir.display()))?;
-    let dep = parse_modules_dep(&dep_text);
-    let builtin: BTreeSet<String> = std::fs::read_to_string(moddir.join("modules.builtin"))
-        .unwrap_or_default()
-        .lines()
-        .map(module_name)
-        .collect();
-    let files = resolve(modules, &dep, &builtin)?;
+    let (files, dep) = module_files(root, kernel_version, modules)?;
 
     let file = std::fs::File::create(out).with_context(|| format!("creating {}", out.display()))?;
     let mut cpio = CpioWriter::new(std::io::BufWriter::new(file), mtime);

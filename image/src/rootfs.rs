@@ -276,6 +276,10 @@ fn install_cairn(board: &Board, bins: &Binaries, version: &str, root: &Path) -> 
         ),
         (etc.join("cairn/version"), format!("{version}\n")),
         (etc.join("cairn/board"), format!("{}\n", board.board.name)),
+        (
+            etc.join("cairn/modules"),
+            board.root.modules.iter().map(|m| format!("{m}\n")).collect(),
+        ),
         (etc.join("hostname"), "cairn\n".into()),
         (
             etc.join("hosts"),

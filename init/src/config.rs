@@ -3,7 +3,6 @@
 
 use serde::Deserialize;
 use std::net::Ipv4Addr;
-use std::time::Duration;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
@@ -11,7 +10,6 @@ pub struct Config {
     pub hostname: Option<String>,
     pub network: Network,
     pub console: Console,
-    pub update: Update,
     pub runtime: Runtime,
 }
 
@@ -48,20 +46,6 @@ pub struct Console {
 impl Default for Console {
     fn default() -> Self {
         Console { shell: true }
-    }
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(default)]
-pub struct Update {
-    pub health_timeout: String,
-}
-
-impl Default for Update {
-    fn default() -> Self {
-        Update {
-            health_timeout: "5m".into(),
-        }
     }
 }
 
@@ -105,20 +89,6 @@ pub fn from_table(table: toml::Table) -> Result<Config, String> {
     Config::deserialize(toml::Value::Table(table)).map_err(|e| e.message().replace('\n', " "))
 }
 
-/// "90s", "5m", "1h" or plain seconds.
-pub fn parse_duration(s: &str) -> Option<Duration> {
-    let s = s.trim();
-    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = num.parse().ok()?;
-    let secs = match unit {
-        "" | "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        _ => return None,
-    };
-    Some(Duration::from_secs(secs))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -144,12 +114,5 @@ mod tests {
         let err = parse_table("hostname = \n", "/boot/cairn.toml").unwrap_err();
         assert!(err.starts_with("/boot/cairn.toml"));
         assert!(!err.contains('\n'));
-    }
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("5m"), Some(Duration::from_secs(300)));
-        assert_eq!(parse_duration("90"), Some(Duration::from_secs(90)));
-        assert_eq!(parse_duration("2x"), None);
     }
 }

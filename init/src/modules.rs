@@ -3,6 +3,7 @@
 use crate::info;
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// The directory of the running kernel's modules.
 pub fn module_dir(root: &Path) -> PathBuf {
@@ -60,8 +61,10 @@ pub fn load_order(names: &[String], dep: &HashMap<String, (String, Vec<String>)>
     out
 }
 
-/// Loads `names` (and their dependencies) from `dir`. A module that fails is reported and
-/// skipped: a missing optional driver must not stop the boot.
+/// Loads `names` (and their dependencies) from `dir`, one thread per requested module so
+/// the kernel verifies and links them on every CPU at once (dependencies shared by two
+/// chains are loaded once; the second caller sees EEXIST). A module that fails is reported
+/// and skipped: a missing optional driver must not stop the boot. Returns how many loaded.
 pub fn load(dir: &Path, names: &[String]) -> usize {
     let dep = match std::fs::read_to_string(dir.join("modules.dep")) {
         Ok(t) => parse_dep(&t),
@@ -70,15 +73,36 @@ pub fn load(dir: &Path, names: &[String]) -> usize {
             return 0;
         }
     };
-    let mut loaded = 0;
-    for file in load_order(names, &dep) {
-        match crate::sys::load_module(&dir.join(&file)) {
-            Ok(true) => loaded += 1,
-            Ok(false) => {}
-            Err(e) => info!("{e}"),
+    let loaded = AtomicUsize::new(0);
+    std::thread::scope(|scope| {
+        for name in names {
+            let chain = load_order(std::slice::from_ref(name), &dep);
+            let loaded = &loaded;
+            scope.spawn(move || {
+                for file in chain {
+                    match crate::sys::load_module(&dir.join(&file)) {
+                        Ok(true) => {
+                            loaded.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Ok(false) => {}
+                        Err(e) => info!("{e}"),
+                    }
+                }
+            });
         }
-    }
-    loaded
+    });
+    loaded.into_inner()
+}
+
+/// Module names listed one per line (comments with #).
+pub fn read_list(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(str::to_string)
+        .collect()
 }
 
 #[cfg(test)]

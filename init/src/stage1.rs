@@ -26,13 +26,7 @@ pub fn run(start_ms: u64) -> Result<std::convert::Infallible, Stage1Error> {
     let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
     let slot = Slot::from_cmdline(&cmdline).transpose()?.unwrap_or(Slot::A);
 
-    let wanted: Vec<String> = std::fs::read_to_string("/etc/cairn/modules")
-        .unwrap_or_default()
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .map(str::to_string)
-        .collect();
+    let wanted = modules::read_list(Path::new("/etc/cairn/modules"));
     let n = modules::load(&modules::module_dir(Path::new("/")), &wanted);
     info!(
         "stage 1: loaded {n} kernel modules in {} ms, booting slot {slot}",

@@ -3,7 +3,7 @@
 
 use crate::config::{self, Config};
 use crate::supervisor::{Output, ServiceSpec, Shutdown, Supervisor};
-use crate::{data, info, log, net, sys};
+use crate::{data, info, log, modules, net, sys};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
@@ -12,6 +12,8 @@ use std::time::Duration;
 const CONTAINERD_SOCK: &str = "/run/containerd/containerd.sock";
 const PERSISTED_CONFIG: &str = "/var/lib/cairn/cairn.toml";
 const BOOT_CONFIG: &str = "/boot/cairn.toml";
+/// Modules stage 2 loads from the root (the board's `root.modules`).
+const LATE_MODULES: &str = "/etc/cairn/modules";
 
 pub fn run(start_ms: u64) -> ! {
     let stage2_ms = log::boot_ms();
@@ -48,17 +50,6 @@ pub fn run(start_ms: u64) -> ! {
         Ok(()) => mounted.push("/etc".into()),
         Err(e) => info!("{e}; /etc stays read-only"),
     }
-    if mount_boot_partition() {
-        mounted.push("/boot".into());
-    }
-    let cfg = load_config();
-    let console = console_device();
-    let hostname = cfg.hostname.clone().unwrap_or_else(|| "cairn".into());
-    if let Err(e) = sys::sethostname(&hostname) {
-        info!("{e}");
-    }
-    let _ = std::fs::write("/etc/hostname", format!("{hostname}\n"));
-
     let containerd_ms = log::boot_ms();
     sup.add(ServiceSpec {
         name: "containerd".into(),
@@ -71,68 +62,111 @@ pub fn run(start_ms: u64) -> ! {
         containerd_ms.saturating_sub(start_ms)
     );
 
-    if cfg.console.shell {
-        if let Some(tty) = &console {
-            sup.add(ServiceSpec {
-                name: "console-shell".into(),
-                program: "/bin/sh".into(),
-                args: vec!["-l".into()],
-                output: Output::Terminal(tty.clone()),
-            });
-        }
-    }
-
-    // DHCP can take seconds under emulation: it runs beside containerd's start-up.
-    let (net_tx, net_rx) = mpsc::channel();
-    let net_cfg = network_config(&cfg);
-    let iface_override = cfg.network.interface.clone();
-    let host_for_dhcp = hostname.clone();
+    // Drivers the root does not need, the boot partition, configuration and DHCP can take
+    // seconds under emulation: they run beside containerd's start-up.
+    let (node_tx, node_rx) = mpsc::channel();
     std::thread::spawn(move || {
-        let _ = net_tx.send(bring_up_network(net_cfg, iface_override, &host_for_dhcp));
+        let _ = node_tx.send(bring_up_node());
     });
 
-    let role = cfg.runtime.role.clone();
-    let mut runtime_started = role == "none";
+    let mut role = None;
     let mut ready = false;
     let shutdown = loop {
         if let Some(req) = sup.tick(Duration::from_millis(if ready { 1000 } else { 50 })) {
             break req;
         }
-        if !runtime_started {
-            if let Ok(summary) = net_rx.try_recv() {
-                info!("{summary}");
-                let mut args = vec![role.clone()];
-                if role == "server" {
-                    args.extend(["--data-dir".into(), "/var/lib/cairn/server".into()]);
+        if role.is_none() {
+            if let Ok(node) = node_rx.try_recv() {
+                if node.boot_mounted {
+                    mounted.push("/boot".into());
                 }
-                args.extend(cfg.runtime.args.iter().cloned());
-                sup.add(ServiceSpec {
-                    name: "cairn".into(),
-                    program: "/usr/bin/cairn".into(),
-                    args,
-                    output: Output::Logged,
-                });
-                runtime_started = true;
+                start_node_services(&mut sup, &node.config);
+                role = Some(node.config.runtime.role.clone());
             }
         }
-        if !ready && runtime_started && is_ready(&sup, &role) {
-            ready = true;
-            let slot = cairn_update::Slot::from_cmdline(
-                &std::fs::read_to_string("/proc/cmdline").unwrap_or_default(),
-            )
-            .and_then(Result::ok)
-            .unwrap_or(cairn_update::Slot::A);
-            let version = std::fs::read_to_string("/etc/cairn/version").unwrap_or_default();
-            info!("init rss_kib={}", rss_kib());
-            println!(
-                "CAIRN READY slot={slot} boot_ms={} version={}",
-                log::boot_ms(),
-                version.trim()
-            );
-            let _ = std::io::stdout().flush();
+        if let Some(role) = role.as_deref() {
+            if !ready && is_ready(&sup, role) {
+                ready = true;
+                announce_ready();
+            }
         }
     };
     finish(&mut sup, &mounted, shutdown)
+}
+
+/// What the background bring-up learned.
+struct Node {
+    config: Config,
+    boot_mounted: bool,
+}
+
+/// Late drivers, boot partition, configuration, hostname and network.
+fn bring_up_node() -> Node {
+    let late = modules::read_list(Path::new(LATE_MODULES));
+    let n = modules::load(&modules::module_dir(Path::new("/")), &late);
+    info!("loaded {n} more kernel modules");
+    let boot_mounted = mount_boot_partition();
+    let config = load_config();
+    let hostname = config.hostname.clone().unwrap_or_else(|| "cairn".into());
+    if let Err(e) = sys::sethostname(&hostname) {
+        info!("{e}");
+    }
+    let _ = std::fs::write("/etc/hostname", format!("{hostname}\n"));
+    let summary = bring_up_network(
+        network_config(&config),
+        config.network.interface.clone(),
+        &hostname,
+    );
+    info!("{summary}");
+    Node {
+        config,
+        boot_mounted,
+    }
+}
+
+/// The console shell and the runtime, once configuration and network are known.
+fn start_node_services(sup: &mut Supervisor, cfg: &Config) {
+    if cfg.console.shell {
+        if let Some(tty) = console_device() {
+            sup.add(ServiceSpec {
+                name: "console-shell".into(),
+                program: "/bin/sh".into(),
+                args: vec!["-l".into()],
+                output: Output::Terminal(tty),
+            });
+        }
+    }
+    let role = cfg.runtime.role.as_str();
+    if role == "none" {
+        return;
+    }
+    let mut args = vec![role.to_string()];
+    if role == "server" {
+        args.extend(["--data-dir".into(), "/var/lib/cairn/server".into()]);
+    }
+    args.extend(cfg.runtime.args.iter().cloned());
+    sup.add(ServiceSpec {
+        name: "cairn".into(),
+        program: "/usr/bin/cairn".into(),
+        args,
+        output: Output::Logged,
+    });
+}
+
+fn announce_ready() {
+    let slot = cairn_update::Slot::from_cmdline(
+        &std::fs::read_to_string("/proc/cmdline").unwrap_or_default(),
+    )
+    .and_then(Result::ok)
+    .unwrap_or(cairn_update::Slot::A);
+    let version = std::fs::read_to_string("/etc/cairn/version").unwrap_or_default();
+    info!("init rss_kib={}", rss_kib());
+    println!(
+        "CAIRN READY slot={slot} boot_ms={} version={}",
+        log::boot_ms(),
+        version.trim()
+    );
+    let _ = std::io::stdout().flush();
 }
 
 fn early_mounts(mounted: &mut Vec<PathBuf>) -> Result<(), sys::SysError> {
@@ -252,7 +286,7 @@ fn console_device() -> Option<PathBuf> {
     cmdline
         .split_whitespace()
         .filter_map(|a| a.strip_prefix("console="))
-        .last()
+        .next_back()
         .map(|c| Path::new("/dev").join(c.split(',').next().unwrap_or(c)))
 }
 

@@ -117,13 +117,6 @@ impl Supervisor {
         self.services[i].pid
     }
 
-    pub fn pid_of(&self, name: &str) -> Option<libc::pid_t> {
-        self.services
-            .iter()
-            .find(|s| s.spec.name == name)
-            .and_then(|s| s.pid)
-    }
-
     /// How long a service has been running in its current incarnation.
     pub fn uptime_of(&self, name: &str) -> Option<Duration> {
         self.services
@@ -390,8 +383,13 @@ impl Supervisor {
                 continue;
             };
             info!("stopping {}", self.services[i].spec.name);
+            // An interactive shell ignores SIGTERM; a hang-up ends it as a closed terminal would.
+            let signal = match self.services[i].spec.output {
+                Output::Terminal(_) => libc::SIGHUP,
+                Output::Logged => libc::SIGTERM,
+            };
             // SAFETY: signalling our own child.
-            unsafe { libc::kill(pid, libc::SIGTERM) };
+            unsafe { libc::kill(pid, signal) };
             let deadline = Instant::now() + grace;
             while self.services[i].pid.is_some() && Instant::now() < deadline {
                 self.wait_for_children(Duration::from_millis(50));

@@ -53,6 +53,9 @@ fn qemu_aarch64_rebuild_is_byte_identical() {
     let a = artifact_hashes(&first);
     let b = artifact_hashes(&second);
     assert!(a.keys().any(|k| k.ends_with(".img")));
-    assert_eq!(a, b, "artifacts differ between two builds with the same inputs");
+    assert_eq!(
+        a, b,
+        "artifacts differ between two builds with the same inputs"
+    );
     let _ = std::fs::remove_dir_all(&again);
 }
