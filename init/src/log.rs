@@ -25,3 +25,14 @@ pub fn boot_ms() -> u64 {
     unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
     ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000
 }
+
+/// Stage 1 hands its timing marks (`key=ms ...`) to stage 2 in this variable.
+pub const MARKS_ENV: &str = "CAIRN_INIT_MARKS";
+
+/// The `pid1_start_ms` mark, or now when stage 1 did not run (no initramfs).
+pub fn pid1_start_ms(marks: &str) -> u64 {
+    marks
+        .split_whitespace()
+        .find_map(|kv| kv.strip_prefix("pid1_start_ms=")?.parse().ok())
+        .unwrap_or_else(boot_ms)
+}

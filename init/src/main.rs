@@ -19,11 +19,8 @@ fn main() {
     std::env::set_var("PATH", "/usr/sbin:/usr/bin");
     let stage2 = std::env::args().nth(1).as_deref() == Some("stage2") || !in_initramfs();
     if stage2 {
-        let start = std::env::var("CAIRN_INIT_START_MS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(log::boot_ms);
-        stage2::run(start);
+        let marks = std::env::var(log::MARKS_ENV).unwrap_or_default();
+        stage2::run(&marks);
     }
     let start = log::boot_ms();
     match stage1::run(start) {

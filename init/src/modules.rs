@@ -65,7 +65,8 @@ pub fn load_order(names: &[String], dep: &HashMap<String, (String, Vec<String>)>
 /// the kernel verifies and links them on every CPU at once (dependencies shared by two
 /// chains are loaded once; the second caller sees EEXIST). A module that fails is reported
 /// and skipped: a missing optional driver must not stop the boot. Returns how many loaded.
-pub fn load(dir: &Path, names: &[String]) -> usize {
+/// `params` go to every module (the kernel accepts `async_probe=1` for any of them).
+pub fn load(dir: &Path, names: &[String], params: &std::ffi::CStr) -> usize {
     let dep = match std::fs::read_to_string(dir.join("modules.dep")) {
         Ok(t) => parse_dep(&t),
         Err(e) => {
@@ -80,7 +81,7 @@ pub fn load(dir: &Path, names: &[String]) -> usize {
             let loaded = &loaded;
             scope.spawn(move || {
                 for file in chain {
-                    match crate::sys::load_module(&dir.join(&file)) {
+                    match crate::sys::load_module(&dir.join(&file), params) {
                         Ok(true) => {
                             loaded.fetch_add(1, Ordering::Relaxed);
                         }

@@ -7,7 +7,6 @@ use std::path::Path;
 use std::time::Duration;
 
 const SYSROOT: &str = "/sysroot";
-const STAGE2: &str = "/usr/sbin/cairn-init";
 
 #[derive(Debug, thiserror::Error)]
 pub enum Stage1Error {
@@ -17,8 +16,6 @@ pub enum Stage1Error {
     Cmdline(#[from] cairn_update::SlotError),
     #[error("no partition named {0} appeared within 10 s: check the disk and the board's initramfs.modules")]
     NoRoot(&'static str),
-    #[error("exec {STAGE2} on the new root: {0}")]
-    Exec(std::io::Error),
 }
 
 pub fn run(start_ms: u64) -> Result<std::convert::Infallible, Stage1Error> {
@@ -27,11 +24,15 @@ pub fn run(start_ms: u64) -> Result<std::convert::Infallible, Stage1Error> {
     let slot = Slot::from_cmdline(&cmdline).transpose()?.unwrap_or(Slot::A);
 
     let wanted = modules::read_list(Path::new("/etc/cairn/modules"));
-    let n = modules::load(&modules::module_dir(Path::new("/")), &wanted);
-    info!(
-        "stage 1: loaded {n} kernel modules in {} ms, booting slot {slot}",
-        crate::log::boot_ms().saturating_sub(start_ms)
+    // Drivers probe their devices asynchronously, so one slow probe (the disk) does not hold
+    // up the others; the root partition is waited for below anyway.
+    let n = modules::load(
+        &modules::module_dir(Path::new("/")),
+        &wanted,
+        c"async_probe=1",
     );
+    let modules_ms = crate::log::boot_ms();
+    info!("stage 1: loaded {n} kernel modules, booting slot {slot}");
 
     let label = slot.partition_label();
     let part = crate::blockdev::wait_for_label(label, Duration::from_secs(10))
@@ -44,21 +45,24 @@ pub fn run(start_ms: u64) -> Result<std::convert::Infallible, Stage1Error> {
         libc::MS_RDONLY | libc::MS_NODEV,
         None,
     )?;
+    let root_ms = crate::log::boot_ms();
     info!(
-        "stage 1: root {} ({label}) mounted read-only at {} ms",
-        part.dev().display(),
-        crate::log::boot_ms()
+        "stage 1: root {} ({label}) mounted read-only",
+        part.dev().display()
     );
 
     for dir in ["dev", "proc", "sys"] {
         sys::move_mount(&Path::new("/").join(dir), &sysroot.join(dir))?;
     }
-    switch_root(sysroot, start_ms)
+    let marks = format!(
+        "pid1_start_ms={start_ms} modules_loaded_ms={modules_ms} root_mounted_ms={root_ms}"
+    );
+    switch_root(sysroot, &marks)
 }
 
 /// Frees the initramfs (its files would otherwise hold RAM for ever), makes `new_root` the
-/// root and executes stage 2 there.
-fn switch_root(new_root: &Path, start_ms: u64) -> Result<std::convert::Infallible, Stage1Error> {
+/// root and runs stage 2 there.
+fn switch_root(new_root: &Path, marks: &str) -> Result<std::convert::Infallible, Stage1Error> {
     remove_initramfs_files(Path::new("/"), new_root);
     std::env::set_current_dir(new_root).map_err(|e| sys::SysError {
         what: format!("chdir {}", new_root.display()),
@@ -67,12 +71,9 @@ fn switch_root(new_root: &Path, start_ms: u64) -> Result<std::convert::Infallibl
     sys::move_mount(new_root, Path::new("/"))?;
     sys::chroot(Path::new("."))?;
     let _ = std::env::set_current_dir("/");
-    use std::os::unix::process::CommandExt;
-    let err = std::process::Command::new(STAGE2)
-        .arg("stage2")
-        .env("CAIRN_INIT_START_MS", start_ms.to_string())
-        .exec();
-    Err(Stage1Error::Exec(err))
+    // Stage 2 continues in this process: the initramfs and the root carry the same build of
+    // cairn-init, and skipping a second exec from squashfs saves tens of milliseconds.
+    crate::stage2::run(marks)
 }
 
 /// Deletes the initramfs contents without crossing into other filesystems.

@@ -15,7 +15,8 @@ const BOOT_CONFIG: &str = "/boot/cairn.toml";
 /// Modules stage 2 loads from the root (the board's `root.modules`).
 const LATE_MODULES: &str = "/etc/cairn/modules";
 
-pub fn run(start_ms: u64) -> ! {
+pub fn run(stage1_marks: &str) -> ! {
+    let start_ms = log::pid1_start_ms(stage1_marks);
     let stage2_ms = log::boot_ms();
     sys::ctrl_alt_del_to_signal();
     let mut mounted: Vec<PathBuf> = Vec::new();
@@ -45,6 +46,7 @@ pub fn run(start_ms: u64) -> ! {
             }
         }
     }
+    let data_ms = log::boot_ms();
     prepare_var();
     match overlay_etc() {
         Ok(()) => mounted.push("/etc".into()),
@@ -58,7 +60,8 @@ pub fn run(start_ms: u64) -> ! {
         output: Output::Logged,
     });
     info!(
-        "timing: pid1_start_ms={start_ms} stage2_start_ms={stage2_ms} containerd_spawn_ms={containerd_ms} init_work_ms={}",
+        "timing: {} stage2_start_ms={stage2_ms} data_mounted_ms={data_ms} containerd_spawn_ms={containerd_ms} init_work_ms={}",
+        if stage1_marks.is_empty() { format!("pid1_start_ms={start_ms}") } else { stage1_marks.to_string() },
         containerd_ms.saturating_sub(start_ms)
     );
 
@@ -103,7 +106,7 @@ struct Node {
 /// Late drivers, boot partition, configuration, hostname and network.
 fn bring_up_node() -> Node {
     let late = modules::read_list(Path::new(LATE_MODULES));
-    let n = modules::load(&modules::module_dir(Path::new("/")), &late);
+    let n = modules::load(&modules::module_dir(Path::new("/")), &late, c"");
     info!("loaded {n} more kernel modules");
     let boot_mounted = mount_boot_partition();
     let config = load_config();

@@ -93,9 +93,9 @@ pub fn is_mountpoint(path: &Path) -> bool {
         .any(|l| l.split_whitespace().nth(1) == Some(want.as_ref()))
 }
 
-/// Loads one kernel module file; `.ko.xz`/`.ko.zst` files are decompressed by the kernel.
-/// Returns Ok(false) if the module was already loaded.
-pub fn load_module(path: &Path) -> Result<bool> {
+/// Loads one kernel module file with `params` (e.g. `async_probe=1`); `.ko.xz`/`.ko.zst`
+/// files are decompressed by the kernel. Returns Ok(false) if it was already loaded.
+pub fn load_module(path: &Path, params: &std::ffi::CStr) -> Result<bool> {
     const MODULE_INIT_COMPRESSED_FILE: libc::c_uint = 4;
     let file = std::fs::File::open(path).map_err(|source| SysError {
         what: format!("open module {}", path.display()),
@@ -107,7 +107,6 @@ pub fn load_module(path: &Path) -> Result<bool> {
     } else {
         MODULE_INIT_COMPRESSED_FILE
     };
-    let params = c"";
     use std::os::fd::AsRawFd;
     // SAFETY: finit_module reads from the open fd and the NUL-terminated parameter string.
     let ret = unsafe {
