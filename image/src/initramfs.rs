@@ -6,8 +6,11 @@ use anyhow::{bail, Context, Result};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
-/// Parses `modules.dep` into module name → (path, direct dependencies' paths).
-pub fn parse_modules_dep(text: &str) -> BTreeMap<String, (String, Vec<String>)> {
+/// `modules.dep` as module name → (path, direct dependencies' paths).
+pub type ModulesDep = BTreeMap<String, (String, Vec<String>)>;
+
+/// Parses `modules.dep`.
+pub fn parse_modules_dep(text: &str) -> ModulesDep {
     text.lines()
         .filter_map(|line| {
             let (path, deps) = line.split_once(':')?;
@@ -29,7 +32,7 @@ pub fn module_name(path: &str) -> String {
 /// built into the kernel (`modules.builtin`) need nothing.
 pub fn resolve(
     requested: &[String],
-    dep: &BTreeMap<String, (String, Vec<String>)>,
+    dep: &ModulesDep,
     builtin: &BTreeSet<String>,
 ) -> Result<Vec<String>> {
     let by_path: BTreeMap<&str, &Vec<String>> =
@@ -69,7 +72,7 @@ pub fn module_files(
     root: &Path,
     kernel_version: &str,
     names: &[String],
-) -> Result<(Vec<String>, BTreeMap<String, (String, Vec<String>)>)> {
+) -> Result<(Vec<String>, ModulesDep)> {
     let moddir = root.join("usr/lib/modules").join(kernel_version);
     let dep_text = std::fs::read_to_string(moddir.join("modules.dep"))
         .with_context(|| format!("reading modules.dep in {}", moddir.display()))?;
