@@ -19,6 +19,14 @@ NEEDS=(
   "curl:curl"
   "gpgv:gpgv"
   "/usr/share/keyrings/debian-archive-keyring.gpg:debian-archive-keyring"
+  "dpkg-deb:dpkg"
+  "qemu-img:qemu-utils"
+  # Independent readers the format tests check our writers against.
+  "sfdisk:fdisk"
+  "mtype:mtools"
+  "fsck.fat:dosfstools"
+  "cpio:cpio"
+  "bmaptool:bmap-tools"
 )
 missing=()
 for n in "${NEEDS[@]}"; do

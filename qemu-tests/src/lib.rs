@@ -280,10 +280,17 @@ impl Vm {
     }
 
     /// Runs a shell command on the serial console; returns (exit status, output).
+    ///
+    /// The markers around the output are assembled by the shell (`printf '%s_%s'`), so the
+    /// terminal's echo of the typed line (possibly wrapped) can never be mistaken for them.
     pub fn sh(&mut self, command: &str, timeout: Duration) -> Result<(i32, String)> {
         self.commands += 1;
-        let tag = format!("__CAIRN_DONE_{}_", self.commands);
-        let line = format!("{command}; echo {tag}$?\n");
+        let n = self.commands;
+        let begin = format!("__CAIRN_BEGIN_{n}\n");
+        let end = format!("__CAIRN_END_{n}_");
+        let line = format!(
+            "printf '%s_%s\\n' __CAIRN_BEGIN {n}; {command}; printf '%s_%s_%s\\n' __CAIRN_END {n} $?\n"
+        );
         self.stdin.write_all(line.as_bytes())?;
         self.stdin.flush()?;
         let start_cursor = self.cursor;
@@ -291,30 +298,25 @@ impl Vm {
         loop {
             let text = self.serial();
             let region = &text[start_cursor.min(text.len())..];
-            // The echo of the typed line shows "{tag}$?"; the real marker has digits.
-            let mut search = 0;
-            while let Some(p) = region[search..].find(&tag) {
-                let at = search + p + tag.len();
-                let digits: String = region[at..]
-                    .chars()
-                    .take_while(|c| c.is_ascii_digit())
-                    .collect();
-                if !digits.is_empty() {
-                    let echoed_end = region.find(&format!("{tag}$?")).map(|p| p + tag.len() + 2);
-                    let out_start = echoed_end
-                        .and_then(|e| region[e..].find('\n').map(|n| e + n + 1))
-                        .unwrap_or(0);
-                    let out_end = search + p;
-                    let output = region[out_start.min(out_end)..out_end].to_string();
-                    self.cursor = start_cursor + at + digits.len();
-                    return Ok((digits.parse().unwrap_or(-1), output));
+            if let Some(b) = region.find(&begin) {
+                let out_start = b + begin.len();
+                if let Some(e) = region[out_start..].find(&end) {
+                    let status_at = out_start + e + end.len();
+                    let digits: String = region[status_at..]
+                        .chars()
+                        .take_while(|c| c.is_ascii_digit())
+                        .collect();
+                    if region[status_at + digits.len()..].starts_with('\n') {
+                        let output = region[out_start..out_start + e].to_string();
+                        self.cursor = start_cursor + status_at + digits.len();
+                        return Ok((digits.parse().unwrap_or(-1), output));
+                    }
                 }
-                search = at;
             }
             if start.elapsed() > timeout {
                 bail!(
                     "{command:?} did not finish within {timeout:?}; serial tail:\n{}",
-                    tail(&text)
+                    tail(region)
                 );
             }
             std::thread::sleep(Duration::from_millis(50));
