@@ -125,94 +125,15 @@ impl Supervisor {
             .map(|s| s.started.elapsed())
     }
 
+    /// Starts service `i`; a failure to start is retried with the same back-off as a crash.
     fn start(&mut self, i: usize) {
         let svc = &mut self.services[i];
         svc.next_start = None;
-        let mut cmd = Command::new(&svc.spec.program);
-        cmd.args(&svc.spec.args);
-        let mut read_end = None;
-        let tty = match &svc.spec.output {
-            Output::Logged => {
-                let mut fds = [0; 2];
-                // SAFETY: pipe2 fills two descriptors we then own.
-                if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
-                    info!(
-                        "{}: pipe: {}",
-                        svc.spec.name,
-                        std::io::Error::last_os_error()
-                    );
-                    return;
-                }
-                // SAFETY: both descriptors were just created and are owned here.
-                let (r, w) =
-                    unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-                let w2 = match w.try_clone() {
-                    Ok(w2) => w2,
-                    Err(e) => {
-                        info!("{}: {e}", svc.spec.name);
-                        return;
-                    }
-                };
-                cmd.stdin(Stdio::null()).stdout(w).stderr(w2);
-                read_end = Some(r);
-                None
-            }
-            Output::Terminal(path) => Some(path.clone()),
-        };
-        // SAFETY: only async-signal-safe calls between fork and exec.
-        unsafe {
-            cmd.pre_exec(move || {
-                let empty = signal_set(&[]);
-                libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
-                libc::setsid();
-                Ok(())
-            });
-        }
-        if let Some(path) = tty {
-            match std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(&path)
-            {
-                Ok(t) => {
-                    let fd = t.as_raw_fd();
-                    let (Ok(a), Ok(b)) = (t.try_clone(), t.try_clone()) else {
-                        return;
-                    };
-                    cmd.stdin(t).stdout(a).stderr(b);
-                    // SAFETY: TIOCSCTTY on the child's own stdin after setsid.
-                    unsafe {
-                        cmd.pre_exec(move || {
-                            let _ = fd;
-                            libc::ioctl(0, libc::TIOCSCTTY, 1);
-                            Ok(())
-                        });
-                    }
-                }
-                Err(e) => {
-                    info!("{}: cannot open {}: {e}", svc.spec.name, path.display());
-                    return;
-                }
-            }
-        }
-        cmd.env_clear()
-            .env("PATH", "/usr/sbin:/usr/bin")
-            .env("HOME", "/root")
-            .env("TERM", "vt100");
-        match cmd.spawn() {
-            Ok(child) => {
-                svc.pid = Some(child.id() as libc::pid_t);
+        match spawn(&svc.spec) {
+            Ok((pid, pipe)) => {
+                svc.pid = Some(pid);
                 svc.started = Instant::now();
-                if let Some(r) = read_end {
-                    // SAFETY: r is a valid descriptor; non-blocking so a quiet service never stalls PID 1.
-                    unsafe {
-                        let fl = libc::fcntl(r.as_raw_fd(), libc::F_GETFL);
-                        libc::fcntl(r.as_raw_fd(), libc::F_SETFL, fl | libc::O_NONBLOCK);
-                    }
-                    svc.pipe = Some(std::fs::File::from(r));
-                }
-                // The std handle is dropped on purpose: PID 1 reaps with waitpid(-1).
-                drop(child);
+                svc.pipe = pipe;
             }
             Err(e) => {
                 info!("{}: cannot start {}: {e}", svc.spec.name, svc.spec.program);
@@ -409,22 +330,24 @@ impl Supervisor {
         // SAFETY: kill(-1) from PID 1 reaches every process but init itself.
         unsafe { libc::kill(-1, libc::SIGTERM) };
         let deadline = Instant::now() + Duration::from_secs(3);
-        while Instant::now() < deadline && any_children() {
-            self.wait_for_children(Duration::from_millis(50));
-        }
+        while Instant::now() < deadline && self.wait_for_children(Duration::from_millis(50)) {}
         // SAFETY: as above.
         unsafe { libc::kill(-1, libc::SIGKILL) };
         self.wait_for_children(Duration::from_millis(200));
     }
 
-    fn wait_for_children(&mut self, d: Duration) {
+    /// Sleeps `d`, then reaps what has exited; true while children remain.
+    fn wait_for_children(&mut self, d: Duration) -> bool {
         std::thread::sleep(d);
         loop {
             let mut status = 0;
             // SAFETY: as in reap.
             let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
-            if pid <= 0 {
-                break;
+            if pid < 0 {
+                return false; // ECHILD: nothing left
+            }
+            if pid == 0 {
+                return true;
             }
             if let Some(s) = self.services.iter_mut().find(|s| s.pid == Some(pid)) {
                 s.pid = None;
@@ -433,11 +356,63 @@ impl Supervisor {
     }
 }
 
-fn any_children() -> bool {
-    let mut status = 0;
-    // SAFETY: WNOHANG|WNOWAIT only peeks.
-    let r = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG | libc::__WALL) };
-    r != -1
+/// Forks and executes one service with a clean signal mask in a session of its own;
+/// returns its pid and, for logged services, the read end of its output pipe.
+fn spawn(spec: &ServiceSpec) -> std::io::Result<(libc::pid_t, Option<std::fs::File>)> {
+    let mut cmd = Command::new(&spec.program);
+    cmd.args(&spec.args)
+        .env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin")
+        .env("HOME", "/root")
+        .env("TERM", "vt100");
+    let mut read_end = None;
+    let on_terminal = match &spec.output {
+        Output::Logged => {
+            let mut fds = [0; 2];
+            // SAFETY: pipe2 fills two descriptors we then own.
+            if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // SAFETY: both descriptors were just created and are owned here.
+            let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+            // Non-blocking, so a quiet service never stalls PID 1.
+            // SAFETY: fcntl on a descriptor we own.
+            unsafe {
+                let fl = libc::fcntl(r.as_raw_fd(), libc::F_GETFL);
+                libc::fcntl(r.as_raw_fd(), libc::F_SETFL, fl | libc::O_NONBLOCK);
+            }
+            cmd.stdin(Stdio::null()).stderr(w.try_clone()?).stdout(w);
+            read_end = Some(std::fs::File::from(r));
+            false
+        }
+        Output::Terminal(path) => {
+            let tty = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(path)?;
+            cmd.stdout(tty.try_clone()?)
+                .stderr(tty.try_clone()?)
+                .stdin(tty);
+            true
+        }
+    };
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            let empty = signal_set(&[]);
+            libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+            libc::setsid();
+            if on_terminal {
+                // The terminal on stdin becomes the new session's controlling terminal, so
+                // the shell gets job control and Ctrl-C.
+                libc::ioctl(0, libc::TIOCSCTTY, 1);
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn()?;
+    // The std handle is dropped on purpose: PID 1 reaps every child with waitpid(-1).
+    Ok((child.id() as libc::pid_t, read_end))
 }
 
 fn open_log(path: &std::path::Path) -> Option<std::fs::File> {
