@@ -5,7 +5,7 @@ use crate::bootfiles::{self, SlotBoot};
 use crate::manifest::{Artifact, Manifest};
 use crate::progress::Step;
 use crate::rootfs::Binaries;
-use crate::{bmap, disk, fat, initramfs, packages, rootfs, squashfs};
+use crate::{bmap, disk, fat, initramfs, packages, rootfs, squashfs, tool};
 use anyhow::{bail, Context, Result};
 use cairn_update::Slot;
 use std::path::{Path, PathBuf};
@@ -223,22 +223,15 @@ fn device_binaries(board: &Board, opts: &BuildOptions) -> Result<Binaries> {
     let target = &board.board.rust_target;
     let step = Step::spinner(format!("compiling cairn-init and cairn for {target}"));
     let manifest = opts.source.join("Cargo.toml");
-    let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args(["build", "--release", "--locked", "--target", target])
-        .args(["-p", "cairn-init", "-p", "cairn-runtime"])
-        .arg("--manifest-path")
-        .arg(&manifest)
-        .env("SOURCE_DATE_EPOCH", opts.source_date_epoch.to_string())
-        .output()
-        .context("running cargo")?;
-    if !out.status.success() {
-        let err = String::from_utf8_lossy(&out.stderr);
-        let first = err
-            .lines()
-            .find(|l| l.starts_with("error"))
-            .unwrap_or("see cargo's output");
-        bail!("cross-compiling for {target} failed: {first} (is the target installed? run 'make deps')");
-    }
+    tool::run(
+        Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args(["build", "--release", "--locked", "--target", target])
+            .args(["-p", "cairn-init", "-p", "cairn-runtime"])
+            .arg("--manifest-path")
+            .arg(&manifest)
+            .env("SOURCE_DATE_EPOCH", opts.source_date_epoch.to_string()),
+        &format!("cross-compiling for {target} (is the target installed? run 'make deps')"),
+    )?;
     step.done();
     let target_dir = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)

@@ -171,15 +171,10 @@ fn read_module(path: &Path) -> Result<Vec<u8>> {
     } else {
         return std::fs::read(path).with_context(|| format!("reading module {name}"));
     };
-    let out = std::process::Command::new(tool)
-        .args(["-dc"])
-        .arg(path)
-        .output()
-        .with_context(|| format!("running {tool} (install it with 'make deps')"))?;
-    if !out.status.success() {
-        bail!("{tool} could not decompress {name}");
-    }
-    Ok(out.stdout)
+    crate::tool::run(
+        std::process::Command::new(tool).arg("-dc").arg(path),
+        &format!("decompressing module {name}"),
+    )
 }
 
 #[cfg(test)]

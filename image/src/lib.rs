@@ -13,3 +13,4 @@ pub mod packages;
 pub mod progress;
 pub mod rootfs;
 pub mod squashfs;
+pub mod tool;

@@ -4,6 +4,7 @@
 
 use crate::board::Board;
 use crate::progress::Step;
+use crate::tool;
 use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
@@ -96,30 +97,23 @@ pub fn fetch(board: &Board, mirror: &str, cache: &Path) -> Result<Vec<Package>> 
             std::fs::remove_dir_all(&dir).with_context(|| format!("clearing {}", dir.display()))?;
         }
         std::fs::create_dir_all(cache)?;
-        let out = Command::new("mmdebstrap")
-            .arg("--variant=extract")
-            .arg(format!("--architectures={}", board.board.arch))
-            .arg(format!(
-                "--components={}",
-                board.packages.components.join(",")
-            ))
-            .arg("--skip=cleanup/apt/cache")
-            .arg(format!("--include={}", wanted.join(",")))
-            .arg("--quiet")
-            .arg(&board.packages.suite)
-            .arg(&dir)
-            .arg(mirror)
-            .output()
-            .context("running mmdebstrap (install it with 'make deps')")?;
-        if !out.status.success() {
-            let err = String::from_utf8_lossy(&out.stderr);
-            let last = err
-                .lines()
-                .rfind(|l| l.starts_with("E:"))
-                .or_else(|| err.lines().last())
-                .unwrap_or("no output");
-            bail!("mmdebstrap failed for {}: {last}", board.board.name);
-        }
+        let doing = format!("fetching packages for {}", board.board.name);
+        tool::run(
+            Command::new("mmdebstrap")
+                .arg("--variant=extract")
+                .arg(format!("--architectures={}", board.board.arch))
+                .arg(format!(
+                    "--components={}",
+                    board.packages.components.join(",")
+                ))
+                .arg("--skip=cleanup/apt/cache")
+                .arg(format!("--include={}", wanted.join(",")))
+                .arg("--quiet")
+                .arg(&board.packages.suite)
+                .arg(&dir)
+                .arg(mirror),
+            &doing,
+        )?;
         std::fs::write(dir.join(".complete"), b"")?;
         step.done();
     }
@@ -166,14 +160,9 @@ pub fn in_root(board: &Board, name: &str) -> bool {
 
 /// Unpacks one package's files into `dest`.
 pub fn unpack(pkg: &Package, dest: &Path) -> Result<()> {
-    let status = Command::new("dpkg-deb")
-        .arg("-x")
-        .arg(&pkg.file)
-        .arg(dest)
-        .status()
-        .context("running dpkg-deb")?;
-    if !status.success() {
-        bail!("dpkg-deb could not unpack {}", pkg.file.display());
-    }
+    tool::run(
+        Command::new("dpkg-deb").arg("-x").arg(&pkg.file).arg(dest),
+        &format!("unpacking {}", pkg.name),
+    )?;
     Ok(())
 }

@@ -324,20 +324,12 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 "#;
 
 fn depmod(root: &Path, kernel_version: &str) -> Result<()> {
-    let out = Command::new("depmod")
-        .arg("-b")
-        .arg(root)
-        .arg(kernel_version)
-        .output()
-        .context("running depmod (install kmod with 'make deps')")?;
-    if !out.status.success() {
-        bail!(
-            "depmod failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-                .lines()
-                .next()
-                .unwrap_or("")
-        );
-    }
+    crate::tool::run(
+        Command::new("depmod")
+            .arg("-b")
+            .arg(root)
+            .arg(kernel_version),
+        "indexing kernel modules",
+    )?;
     Ok(())
 }

@@ -2,6 +2,7 @@
 //! them from outside: serial console, QEMU monitor, forwarded API port, hard power cuts.
 
 use anyhow::{bail, Context, Result};
+use cairn_image::board::{Board, Qemu};
 use serde::Deserialize;
 use std::io::{BufRead, Read, Write};
 use std::path::{Path, PathBuf};
@@ -15,22 +16,6 @@ pub fn repo_root() -> PathBuf {
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from("."))
-}
-
-#[derive(Debug, Clone, Deserialize)]
-pub struct QemuSection {
-    pub binary: String,
-    pub machine: Vec<String>,
-    pub memory_mib: u32,
-    pub cpus: u32,
-    pub bios: Option<String>,
-    pub pflash_code: Option<String>,
-    pub pflash_vars: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-struct BoardFile {
-    qemu: QemuSection,
 }
 
 #[derive(Debug, Deserialize)]
@@ -51,7 +36,7 @@ pub struct Manifest {
 #[derive(Debug, Clone)]
 pub struct BoardImage {
     pub name: String,
-    pub qemu: QemuSection,
+    pub qemu: Qemu,
     pub out_dir: PathBuf,
     pub image: PathBuf,
     pub version: String,
@@ -64,10 +49,10 @@ impl BoardImage {
             .map(PathBuf::from)
             .unwrap_or_else(|| root.join("out"));
         let board_path = root.join("boards").join(format!("{name}.toml"));
-        let text = std::fs::read_to_string(&board_path)
-            .with_context(|| format!("reading {}", board_path.display()))?;
-        let board: BoardFile = toml::from_str(&text)
-            .with_context(|| format!("{}: no usable [qemu] section", board_path.display()))?;
+        let board = Board::load(&board_path)?;
+        let qemu = board
+            .qemu
+            .with_context(|| format!("{}: no [qemu] section", board_path.display()))?;
         let out_dir = out.join(name);
         let manifest = Self::manifest_in(&out_dir)?;
         let image = manifest
@@ -78,7 +63,7 @@ impl BoardImage {
             .context("manifest lists no .img")?;
         Ok(BoardImage {
             name: name.to_string(),
-            qemu: board.qemu,
+            qemu,
             out_dir,
             image,
             version: manifest.version,
