@@ -20,6 +20,9 @@ NEEDS=(
   "gpgv:gpgv"
   "/usr/share/keyrings/debian-archive-keyring.gpg:debian-archive-keyring"
   "dpkg-deb:dpkg"
+  # C parts of the device binaries (SQLite, ring) are cross-compiled with clang.
+  "clang:clang"
+  "llvm-ar:llvm"
   "qemu-img:qemu-utils"
   # Independent readers the format tests check our writers against.
   "sfdisk:fdisk"

@@ -46,7 +46,7 @@ pub fn build(opts: &BuildOptions) -> Result<BuildOutput> {
         .clone()
         .unwrap_or_else(|| opts.out.join(".cache"));
 
-    let bins = device_binaries(&board, opts)?;
+    let bins = device_binaries(&board, opts, &mirror, &cache)?;
     let pkgs = packages::fetch(&board, &mirror, &cache)?;
     let root = rootfs::assemble(&board, &pkgs, &bins, &opts.version, &work)?;
     initramfs::module_files(&root.dir, &root.kernel_version, &board.root.modules)
@@ -213,7 +213,12 @@ fn validate_version(v: &str) -> Result<()> {
 
 /// Cross-compiles cairn-init and cairn for the board's Rust target (static, musl, rust-lld),
 /// unless prebuilt binaries were given.
-fn device_binaries(board: &Board, opts: &BuildOptions) -> Result<Binaries> {
+fn device_binaries(
+    board: &Board,
+    opts: &BuildOptions,
+    mirror: &str,
+    cache: &Path,
+) -> Result<Binaries> {
     if let (Some(init), Some(cairn)) = (&opts.init_bin, &opts.cairn_bin) {
         return Ok(Binaries {
             init: init.clone(),
@@ -221,6 +226,7 @@ fn device_binaries(board: &Board, opts: &BuildOptions) -> Result<Binaries> {
         });
     }
     let target = &board.board.rust_target;
+    let c_env = crate::cross::c_toolchain_env(board, mirror, cache)?;
     let step = Step::spinner(format!("compiling cairn-init and cairn for {target}"));
     let manifest = opts.source.join("Cargo.toml");
     tool::run(
@@ -229,7 +235,8 @@ fn device_binaries(board: &Board, opts: &BuildOptions) -> Result<Binaries> {
             .args(["-p", "cairn-init", "-p", "cairn-runtime"])
             .arg("--manifest-path")
             .arg(&manifest)
-            .env("SOURCE_DATE_EPOCH", opts.source_date_epoch.to_string()),
+            .env("SOURCE_DATE_EPOCH", opts.source_date_epoch.to_string())
+            .envs(c_env),
         &format!("cross-compiling for {target} (is the target installed? run 'make deps')"),
     )?;
     step.done();

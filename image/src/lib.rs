@@ -5,6 +5,7 @@ pub mod board;
 pub mod bootfiles;
 pub mod build;
 pub mod cpio;
+pub mod cross;
 pub mod disk;
 pub mod fat;
 pub mod initramfs;

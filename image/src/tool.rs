@@ -12,9 +12,22 @@ pub fn run(cmd: &mut Command, doing: &str) -> Result<Vec<u8>> {
         .output()
         .with_context(|| format!("{doing}: cannot run {program} (install it with 'make deps')"))?;
     if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        // The whole output is kept for the user; the error itself stays one line.
+        let name = std::path::Path::new(&program)
+            .file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_else(|| "tool".into());
+        let log = std::env::temp_dir().join(format!("cairn-image-{name}.log"));
+        let saved = std::fs::write(&log, stderr.as_bytes()).is_ok();
         bail!(
-            "{doing}: {program} failed: {}",
-            telling_line(&String::from_utf8_lossy(&out.stderr))
+            "{doing}: {program} failed: {}{}",
+            telling_line(&stderr),
+            if saved {
+                format!(" (full output in {})", log.display())
+            } else {
+                String::new()
+            }
         );
     }
     Ok(out.stdout)
@@ -55,7 +68,8 @@ mod tests {
         )
         .unwrap_err()
         .to_string();
-        assert_eq!(err, "testing: sh failed: boom");
+        assert!(err.starts_with("testing: sh failed: boom"), "{err}");
+        assert!(!err.contains('\n'), "{err}");
         let err = run(&mut Command::new("/nonexistent-tool"), "testing")
             .unwrap_err()
             .to_string();

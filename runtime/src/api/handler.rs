@@ -1,0 +1,807 @@
+//! One generic REST handler for every kind in the resource table: get, list (selectors,
+//! limit/continue), watch, create, update, patch, delete.
+
+use super::objects::{self, with_revision};
+use super::patch;
+use super::resources::Resource;
+use super::selectors::{FieldSelector, LabelSelector};
+use super::status::ApiError;
+use crate::store::{EventKind, Record, Store, StoreError};
+use axum::body::Body;
+use axum::http::{header, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The largest request body accepted, as kube-apiserver's limit.
+pub const MAX_BODY: usize = 3 * 1024 * 1024;
+
+/// One resource request, parsed from the URL.
+pub struct Target<'a> {
+    pub resource: &'static Resource,
+    pub namespace: Option<&'a str>,
+    pub name: Option<&'a str>,
+    pub subresource: Option<&'a str>,
+}
+
+pub struct Request<'a> {
+    pub method: Method,
+    pub target: Target<'a>,
+    pub query: HashMap<String, String>,
+    pub content_type: String,
+    pub body: bytes::Bytes,
+}
+
+fn json_response(code: StatusCode, v: &Value) -> Response {
+    (code, axum::Json(v)).into_response()
+}
+
+fn store_error(e: StoreError, r: &Resource, name: &str) -> ApiError {
+    match e {
+        StoreError::NotFound => ApiError::not_found(r.plural, r.group, name),
+        StoreError::AlreadyExists => ApiError::already_exists(r.plural, r.group, name),
+        StoreError::Conflict { .. } => ApiError::conflict(r.plural, r.group, name),
+        StoreError::Compacted { compacted } => ApiError::gone(format!(
+            "too old resource version (compacted to {compacted})"
+        )),
+        other => ApiError::internal(other.to_string()),
+    }
+}
+
+fn decode(record: &Record) -> Result<Value, ApiError> {
+    let v: Value = serde_json::from_slice(&record.value)
+        .map_err(|e| ApiError::internal(format!("stored object {} is corrupt: {e}", record.key)))?;
+    Ok(with_revision(v, record.revision))
+}
+
+fn encode(obj: &Value) -> Result<Vec<u8>, ApiError> {
+    let mut obj = obj.clone();
+    // The revision is the row's, never stored inside the value.
+    if let Some(m) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
+        m.remove("resourceVersion");
+    }
+    serde_json::to_vec(&obj).map_err(|e| ApiError::internal(e.to_string()))
+}
+
+fn parse_body(req: &Request<'_>) -> Result<Value, ApiError> {
+    if req.body.is_empty() {
+        return Err(ApiError::bad_request("the request body is empty"));
+    }
+    let ct = req.content_type.split(';').next().unwrap_or("").trim();
+    if ct.contains("protobuf") {
+        return Err(ApiError::unsupported_media(
+            "protobuf request bodies are not supported: send JSON",
+        ));
+    }
+    serde_json::from_slice(&req.body)
+        .map_err(|e| ApiError::bad_request(format!("the request body is not valid JSON: {e}")))
+}
+
+pub async fn handle(store: &Arc<dyn Store>, req: Request<'_>) -> Response {
+    match dispatch(store, req).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn dispatch(store: &Arc<dyn Store>, req: Request<'_>) -> Result<Response, ApiError> {
+    let t = &req.target;
+    if matches!(
+        t.subresource,
+        Some("log") | Some("exec") | Some("attach") | Some("portforward")
+    ) {
+        return Err(ApiError::unavailable(format!(
+            "pods/{} is served through the node agent, which is not connected to this server yet",
+            t.subresource.unwrap_or_default()
+        )));
+    }
+    if t.resource.namespaced && t.namespace.is_none() && t.name.is_some() {
+        return Err(ApiError::not_found_path());
+    }
+    match (&req.method, t.name) {
+        (&Method::GET, None) => {
+            if is_true(req.query.get("watch")) {
+                watch(store, &req).await
+            } else {
+                list(store, &req).await
+            }
+        }
+        (&Method::POST, None) => create(store, &req).await,
+        (&Method::DELETE, None) => delete_collection(store, &req).await,
+        (&Method::GET, Some(name)) => get(store, t, name).await,
+        (&Method::PUT, Some(name)) => update(store, &req, name).await,
+        (&Method::PATCH, Some(name)) => patch_object(store, &req, name).await,
+        (&Method::DELETE, Some(name)) => delete(store, &req, name).await,
+        _ => Err(ApiError::method_not_allowed()),
+    }
+}
+
+fn is_true(v: Option<&String>) -> bool {
+    matches!(v.map(String::as_str), Some("true") | Some("1"))
+}
+
+async fn get(store: &Arc<dyn Store>, t: &Target<'_>, name: &str) -> Result<Response, ApiError> {
+    let r = t.resource;
+    let rec = store
+        .get(&r.key(t.namespace, name))
+        .await
+        .map_err(|e| store_error(e, r, name))?
+        .ok_or_else(|| ApiError::not_found(r.plural, r.group, name))?;
+    Ok(json_response(StatusCode::OK, &decode(&rec)?))
+}
+
+struct Filters {
+    labels: Option<LabelSelector>,
+    fields: Option<FieldSelector>,
+}
+
+impl Filters {
+    fn parse(req: &Request<'_>) -> Result<Filters, ApiError> {
+        let labels = match req.query.get("labelSelector").filter(|s| !s.is_empty()) {
+            Some(s) => {
+                Some(LabelSelector::parse(s).map_err(|e| ApiError::bad_request(e.to_string()))?)
+            }
+            None => None,
+        };
+        let fields = match req.query.get("fieldSelector").filter(|s| !s.is_empty()) {
+            Some(s) => {
+                let f =
+                    FieldSelector::parse(s).map_err(|e| ApiError::bad_request(e.to_string()))?;
+                if let Some(bad) = f.fields().find(|f| !req.target.resource.supports_field(f)) {
+                    return Err(ApiError::bad_request(format!(
+                        "field label not supported: {bad}"
+                    )));
+                }
+                Some(f)
+            }
+            None => None,
+        };
+        Ok(Filters { labels, fields })
+    }
+
+    fn matches(&self, obj: &Value) -> bool {
+        if let Some(l) = &self.labels {
+            if !l.matches_object(obj) {
+                return false;
+            }
+        }
+        if let Some(f) = &self.fields {
+            if !f.matches(obj) {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct ContinueToken {
+    rv: i64,
+    start: String,
+}
+
+async fn list(store: &Arc<dyn Store>, req: &Request<'_>) -> Result<Response, ApiError> {
+    let r = req.target.resource;
+    let filters = Filters::parse(req)?;
+    let prefix = r.key_prefix(req.target.namespace);
+    let limit: usize = match req.query.get("limit") {
+        Some(l) => l
+            .parse()
+            .map_err(|_| ApiError::bad_request(format!("invalid limit {l:?}")))?,
+        None => 0,
+    };
+    let (at, start_after) = match req.query.get("continue").filter(|c| !c.is_empty()) {
+        Some(c) => {
+            let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(c)
+                .map_err(|_| ApiError::bad_request("invalid continue token"))?;
+            let tok: ContinueToken = serde_json::from_slice(&raw)
+                .map_err(|_| ApiError::bad_request("invalid continue token"))?;
+            (Some(tok.rv), Some(tok.start))
+        }
+        None => (None, None),
+    };
+    let result = store
+        .list(&prefix, start_after.as_deref(), limit, at)
+        .await
+        .map_err(|e| match e {
+            StoreError::Compacted { .. } => ApiError::gone(
+                "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter.",
+            ),
+            e => store_error(e, r, ""),
+        })?;
+    let mut items = Vec::with_capacity(result.records.len());
+    for rec in &result.records {
+        let obj = decode(rec)?;
+        if filters.matches(&obj) {
+            items.push(obj);
+        }
+    }
+    let mut metadata = json!({"resourceVersion": result.revision.to_string()});
+    if result.more {
+        if let Some(last) = result.records.last() {
+            let tok = ContinueToken {
+                rv: result.revision,
+                start: last.key.clone(),
+            };
+            let raw = serde_json::to_vec(&tok).map_err(|e| ApiError::internal(e.to_string()))?;
+            metadata["continue"] =
+                json!(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw));
+        }
+    }
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({
+            "kind": format!("{}List", r.kind),
+            "apiVersion": r.api_version(),
+            "metadata": metadata,
+            "items": items,
+        }),
+    ))
+}
+
+fn watch_event(kind: &str, obj: &Value) -> bytes::Bytes {
+    let mut line = serde_json::to_vec(&json!({"type": kind, "object": obj})).unwrap_or_default();
+    line.push(b'\n');
+    bytes::Bytes::from(line)
+}
+
+async fn watch(store: &Arc<dyn Store>, req: &Request<'_>) -> Result<Response, ApiError> {
+    let r = req.target.resource;
+    let filters = Filters::parse(req)?;
+    let prefix = r.key_prefix(req.target.namespace);
+    let timeout = req
+        .query
+        .get("timeoutSeconds")
+        .and_then(|t| t.parse::<u64>().ok())
+        .map(Duration::from_secs)
+        .unwrap_or(Duration::from_secs(1800));
+    let bookmarks = is_true(req.query.get("allowWatchBookmarks"));
+    let rv = req
+        .query
+        .get("resourceVersion")
+        .filter(|v| !v.is_empty() && *v != "0")
+        .map(|v| {
+            v.parse::<i64>()
+                .map_err(|_| ApiError::bad_request(format!("invalid resourceVersion {v:?}")))
+        })
+        .transpose()?;
+
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(64);
+    // Without a resourceVersion the watch starts with the current objects as ADDED events.
+    let mut initial = Vec::new();
+    let after = match rv {
+        Some(rv) => rv,
+        None => {
+            let listed = store
+                .list(&prefix, None, 0, None)
+                .await
+                .map_err(|e| store_error(e, r, ""))?;
+            for rec in &listed.records {
+                let obj = decode(rec)?;
+                if filters.matches(&obj) {
+                    initial.push(watch_event("ADDED", &obj));
+                }
+            }
+            listed.revision
+        }
+    };
+    let events = match store.watch(&prefix, after).await {
+        Ok(rx) => Some(rx),
+        Err(StoreError::Compacted { .. }) => {
+            let status = ApiError::gone(format!("too old resource version: {after}")).to_status();
+            initial.push(watch_event("ERROR", &status));
+            None
+        }
+        Err(e) => return Err(store_error(e, r, "")),
+    };
+    let kind = r.kind;
+    let api_version = r.api_version();
+    tokio::spawn(async move {
+        for line in initial {
+            if tx.send(Ok(line)).await.is_err() {
+                return;
+            }
+        }
+        let Some(mut events) = events else { return };
+        let deadline = tokio::time::sleep(timeout);
+        tokio::pin!(deadline);
+        let mut last_rv = after;
+        let mut tick = tokio::time::interval(Duration::from_secs(10));
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                _ = &mut deadline => return,
+                _ = tick.tick(), if bookmarks => {
+                    let bm = json!({"kind": kind, "apiVersion": api_version, "metadata": {"resourceVersion": last_rv.to_string()}});
+                    if tx.send(Ok(watch_event("BOOKMARK", &bm))).await.is_err() { return; }
+                }
+                ev = events.recv() => {
+                    let Some(ev) = ev else {
+                        // The store dropped a watcher that fell behind: the client re-lists.
+                        let status = ApiError::gone("the watch fell behind; list again").to_status();
+                        let _ = tx.send(Ok(watch_event("ERROR", &status))).await;
+                        return;
+                    };
+                    last_rv = ev.record.revision;
+                    let Ok(cur) = decode(&ev.record) else { continue };
+                    let prev = ev.prev.as_ref().and_then(|p| decode(p).ok());
+                    let was = prev.as_ref().is_some_and(|p| filters.matches(p));
+                    let is = filters.matches(&cur);
+                    let kind = match ev.kind {
+                        EventKind::Delete if was || is => "DELETED",
+                        EventKind::Delete => continue,
+                        EventKind::Put => match (was, is) {
+                            (false, true) => "ADDED",
+                            (true, true) => "MODIFIED",
+                            (true, false) => "DELETED",
+                            (false, false) => continue,
+                        },
+                    };
+                    if tx.send(Ok(watch_event(kind, &cur))).await.is_err() { return; }
+                }
+            }
+        }
+    });
+    let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::CACHE_CONTROL, "no-cache, private")
+        .body(Body::from_stream(stream))
+        .map_err(|e| ApiError::internal(e.to_string()))
+}
+
+/// Checks apiVersion/kind/namespace of a submitted object and fills them in when absent.
+fn check_identity(obj: &mut Value, req: &Request<'_>) -> Result<(), ApiError> {
+    let r = req.target.resource;
+    if !obj.is_object() {
+        return Err(ApiError::bad_request(
+            "the request body must be a JSON object",
+        ));
+    }
+    let api_version = r.api_version();
+    match obj["kind"].as_str() {
+        Some(k) if k != r.kind => {
+            return Err(ApiError::bad_request(format!(
+                "the kind {k:?} does not match the resource {} (kind {:?})",
+                r.plural, r.kind
+            )))
+        }
+        _ => obj["kind"] = json!(r.kind),
+    }
+    match obj["apiVersion"].as_str() {
+        Some(v) if v != api_version => {
+            return Err(ApiError::bad_request(format!(
+                "the apiVersion {v:?} does not match {api_version:?} for {}",
+                r.plural
+            )))
+        }
+        _ => obj["apiVersion"] = json!(api_version),
+    }
+    if !obj["metadata"].is_object() {
+        obj["metadata"] = json!({});
+    }
+    if r.namespaced {
+        let ns = req.target.namespace.unwrap_or("default");
+        match obj["metadata"]["namespace"].as_str() {
+            Some(n) if n != ns => {
+                return Err(ApiError::bad_request(
+                    "the namespace of the provided object does not match the namespace sent on the request",
+                ))
+            }
+            _ => obj["metadata"]["namespace"] = json!(ns),
+        }
+    } else if let Some(m) = obj["metadata"].as_object_mut() {
+        m.remove("namespace");
+    }
+    Ok(())
+}
+
+fn validate(obj: &Value, r: &Resource) -> Result<(), ApiError> {
+    let name = objects::name_of(obj).unwrap_or_default();
+    let mut causes = Vec::new();
+    if !objects::valid_name(name) {
+        causes.push((
+            "metadata.name".to_string(),
+            format!("Invalid value: {name:?}: a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character"),
+        ));
+    }
+    for (field, v) in [
+        ("metadata.labels", &obj["metadata"]["labels"]),
+        ("metadata.annotations", &obj["metadata"]["annotations"]),
+    ] {
+        if let Some(map) = v.as_object() {
+            if map.values().any(|x| !x.is_string()) {
+                causes.push((
+                    field.to_string(),
+                    "Invalid value: values must be strings".to_string(),
+                ));
+            }
+        } else if !v.is_null() {
+            causes.push((
+                field.to_string(),
+                "Invalid value: must be a map of strings".to_string(),
+            ));
+        }
+    }
+    if causes.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(r.kind, r.group, name, causes))
+    }
+}
+
+/// Fields the server owns on creation.
+fn prepare_new(obj: &mut Value, r: &Resource) {
+    let m = &mut obj["metadata"];
+    m["uid"] = json!(objects::new_uid());
+    m["creationTimestamp"] = json!(objects::now_rfc3339());
+    if let Some(map) = m.as_object_mut() {
+        map.remove("resourceVersion");
+        map.remove("deletionTimestamp");
+        map.remove("selfLink");
+    }
+    if obj.get("spec").is_some() {
+        obj["metadata"]["generation"] = json!(1);
+    }
+    if r.kind == "Namespace" && r.group.is_empty() {
+        obj["spec"]["finalizers"] = json!(["kubernetes"]);
+        obj["status"] = json!({"phase": "Active"});
+    }
+}
+
+async fn namespace_exists(store: &Arc<dyn Store>, ns: &str) -> Result<bool, ApiError> {
+    let key = super::resources::find("", "v1", "namespaces")
+        .map(|n| n.key(None, ns))
+        .unwrap_or_default();
+    Ok(store
+        .get(&key)
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .is_some())
+}
+
+async fn create(store: &Arc<dyn Store>, req: &Request<'_>) -> Result<Response, ApiError> {
+    let r = req.target.resource;
+    let mut obj = parse_body(req)?;
+    check_identity(&mut obj, req)?;
+    let named = obj["metadata"]["name"]
+        .as_str()
+        .filter(|n| !n.is_empty())
+        .map(str::to_string);
+    let name = match named {
+        Some(n) => n,
+        None => match obj["metadata"]["generateName"].as_str() {
+            Some(prefix) => objects::generated_name(prefix),
+            None => {
+                return Err(ApiError::invalid(
+                    r.kind,
+                    r.group,
+                    "",
+                    vec![(
+                        "metadata.name".into(),
+                        "Required value: name or generateName is required".into(),
+                    )],
+                ))
+            }
+        },
+    };
+    obj["metadata"]["name"] = json!(name);
+    validate(&obj, r)?;
+    if let Some(ns) = req.target.namespace.filter(|_| r.namespaced) {
+        if !namespace_exists(store, ns).await? {
+            return Err(ApiError::not_found("namespaces", "", ns));
+        }
+    }
+    prepare_new(&mut obj, r);
+    if req.query.get("dryRun").is_some_and(|d| d == "All") {
+        return Ok(json_response(StatusCode::CREATED, &obj));
+    }
+    let rec = store
+        .create(&r.key(req.target.namespace, &name), encode(&obj)?)
+        .await
+        .map_err(|e| store_error(e, r, &name))?;
+    Ok(json_response(
+        StatusCode::CREATED,
+        &with_revision(obj, rec.revision),
+    ))
+}
+
+/// Keeps what a client may not change on update.
+fn carry_over(new: &mut Value, old: &Value) {
+    for f in [
+        "uid",
+        "creationTimestamp",
+        "deletionTimestamp",
+        "deletionGracePeriodSeconds",
+    ] {
+        match old["metadata"].get(f) {
+            Some(v) => new["metadata"][f] = v.clone(),
+            None => {
+                if let Some(m) = new["metadata"].as_object_mut() {
+                    m.remove(f);
+                }
+            }
+        }
+    }
+    let generation = old["metadata"]["generation"].as_i64().unwrap_or(0);
+    if new.get("spec").is_some() {
+        let changed = new.get("spec") != old.get("spec");
+        new["metadata"]["generation"] = json!(if changed {
+            generation + 1
+        } else {
+            generation.max(1)
+        });
+    }
+}
+
+/// Writes `obj` over `old` with compare-and-swap on `expected`; status-only and main-resource
+/// updates keep each other's parts.
+async fn write_update(
+    store: &Arc<dyn Store>,
+    req: &Request<'_>,
+    name: &str,
+    mut obj: Value,
+    old: &Value,
+    expected: i64,
+) -> Result<Response, ApiError> {
+    let r = req.target.resource;
+    match req.target.subresource {
+        Some("status") => {
+            // Only status changes through /status.
+            let status = obj.get("status").cloned().unwrap_or(Value::Null);
+            obj = old.clone();
+            obj["status"] = status;
+        }
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "the subresource {other:?} cannot be updated here"
+            )))
+        }
+        None => {
+            if old.get("status").is_some() && r.subresources.contains(&"status") {
+                obj["status"] = old["status"].clone();
+            }
+        }
+    }
+    carry_over(&mut obj, old);
+    validate(&obj, r)?;
+    if objects::name_of(&obj) != Some(name) {
+        return Err(ApiError::bad_request(format!(
+            "the name of the object ({}) does not match the name on the URL ({name})",
+            objects::name_of(&obj).unwrap_or_default()
+        )));
+    }
+    if req.query.get("dryRun").is_some_and(|d| d == "All") {
+        return Ok(json_response(StatusCode::OK, &with_revision(obj, expected)));
+    }
+    let rec = store
+        .update(&r.key(req.target.namespace, name), encode(&obj)?, expected)
+        .await
+        .map_err(|e| store_error(e, r, name))?;
+    Ok(json_response(
+        StatusCode::OK,
+        &with_revision(obj, rec.revision),
+    ))
+}
+
+async fn current(
+    store: &Arc<dyn Store>,
+    t: &Target<'_>,
+    name: &str,
+) -> Result<Option<(Value, i64)>, ApiError> {
+    let r = t.resource;
+    match store.get(&r.key(t.namespace, name)).await {
+        Ok(Some(rec)) => Ok(Some((decode(&rec)?, rec.revision))),
+        Ok(None) => Ok(None),
+        Err(e) => Err(store_error(e, r, name)),
+    }
+}
+
+async fn update(
+    store: &Arc<dyn Store>,
+    req: &Request<'_>,
+    name: &str,
+) -> Result<Response, ApiError> {
+    let r = req.target.resource;
+    let mut obj = parse_body(req)?;
+    check_identity(&mut obj, req)?;
+    let (old, rev) = current(store, &req.target, name)
+        .await?
+        .ok_or_else(|| ApiError::not_found(r.plural, r.group, name))?;
+    let expected = match obj["metadata"]["resourceVersion"].as_str() {
+        Some(v) => v
+            .parse::<i64>()
+            .map_err(|_| ApiError::bad_request(format!("invalid resourceVersion {v:?}")))?,
+        None => rev,
+    };
+    if expected != rev {
+        return Err(ApiError::conflict(r.plural, r.group, name));
+    }
+    write_update(store, req, name, obj, &old, expected).await
+}
+
+async fn patch_object(
+    store: &Arc<dyn Store>,
+    req: &Request<'_>,
+    name: &str,
+) -> Result<Response, ApiError> {
+    let r = req.target.resource;
+    let ct = req
+        .content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_string();
+    let body = parse_body(req)?;
+    // A conflicting writer between our read and write is retried, as kube-apiserver does.
+    for _ in 0..5 {
+        let existing = current(store, &req.target, name).await?;
+        let (old, rev) = match existing {
+            Some(x) => x,
+            None if ct == "application/apply-patch+yaml" => {
+                // Server-side apply of a missing object creates it.
+                let create_req = Request {
+                    method: Method::POST,
+                    target: Target {
+                        name: None,
+                        ..req.target.clone_ref()
+                    },
+                    query: req.query.clone(),
+                    content_type: "application/json".into(),
+                    body: req.body.clone(),
+                };
+                return create(store, &create_req).await;
+            }
+            None => return Err(ApiError::not_found(r.plural, r.group, name)),
+        };
+        let patched = match ct.as_str() {
+            "application/merge-patch+json" => patch::merge_patch(&old, &body),
+            "application/json-patch+json" => patch::json_patch(&old, &body)
+                .map_err(|e| ApiError::invalid(r.kind, r.group, name, vec![("patch".into(), e.to_string())]))?,
+            "application/strategic-merge-patch+json" | "application/apply-patch+yaml" => {
+                patch::strategic_merge_patch_for(r.kind, &old, &body)
+                    .map_err(|e| ApiError::invalid(r.kind, r.group, name, vec![("patch".into(), e.to_string())]))?
+            }
+            other => {
+                return Err(ApiError::unsupported_media(format!(
+                    "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml, application/strategic-merge-patch+json (got {other:?})"
+                )))
+            }
+        };
+        let mut patched = patched;
+        let sub_req = Request {
+            method: Method::PUT,
+            target: req.target.clone_ref(),
+            query: req.query.clone(),
+            content_type: String::new(),
+            body: bytes::Bytes::new(),
+        };
+        check_identity(&mut patched, &sub_req)?;
+        match write_update(store, &sub_req, name, patched, &old, rev).await {
+            Err(e) if e.reason == "Conflict" => continue,
+            other => return other,
+        }
+    }
+    Err(ApiError::conflict(r.plural, r.group, name))
+}
+
+impl Target<'_> {
+    fn clone_ref(&self) -> Target<'_> {
+        Target {
+            resource: self.resource,
+            namespace: self.namespace,
+            name: self.name,
+            subresource: self.subresource,
+        }
+    }
+}
+
+async fn delete(
+    store: &Arc<dyn Store>,
+    req: &Request<'_>,
+    name: &str,
+) -> Result<Response, ApiError> {
+    let r = req.target.resource;
+    let (old, rev) = current(store, &req.target, name)
+        .await?
+        .ok_or_else(|| ApiError::not_found(r.plural, r.group, name))?;
+    let options: Value = if req.body.is_empty() {
+        json!({})
+    } else {
+        serde_json::from_slice(&req.body)
+            .map_err(|e| ApiError::bad_request(format!("invalid DeleteOptions: {e}")))?
+    };
+    if let Some(pre) = options["preconditions"]["resourceVersion"].as_str() {
+        if pre != rev.to_string() {
+            return Err(ApiError::conflict(r.plural, r.group, name));
+        }
+    }
+    let finalizers = old["metadata"]["finalizers"]
+        .as_array()
+        .is_some_and(|f| !f.is_empty());
+    // A pod bound to a node is stopped by that node's agent before it disappears.
+    let grace = options["gracePeriodSeconds"]
+        .as_i64()
+        .or_else(|| old["spec"]["terminationGracePeriodSeconds"].as_i64())
+        .unwrap_or(30);
+    let graceful = r.kind == "Pod" && old["spec"]["nodeName"].is_string() && grace > 0;
+    if finalizers || graceful {
+        if old["metadata"]["deletionTimestamp"].is_string() {
+            return Ok(json_response(StatusCode::OK, &old));
+        }
+        let mut marked = old.clone();
+        marked["metadata"]["deletionTimestamp"] = json!(objects::now_rfc3339());
+        if graceful {
+            marked["metadata"]["deletionGracePeriodSeconds"] = json!(grace);
+        }
+        let rec = store
+            .update(&r.key(req.target.namespace, name), encode(&marked)?, rev)
+            .await
+            .map_err(|e| store_error(e, r, name))?;
+        return Ok(json_response(
+            StatusCode::ACCEPTED,
+            &with_revision(marked, rec.revision),
+        ));
+    }
+    let rec = store
+        .delete(&r.key(req.target.namespace, name), Some(rev))
+        .await
+        .map_err(|e| store_error(e, r, name))?;
+    if r.kind == "Namespace" && r.group.is_empty() {
+        delete_namespace_contents(store, name).await?;
+    }
+    Ok(json_response(
+        StatusCode::OK,
+        &with_revision(old, rec.revision),
+    ))
+}
+
+/// Removes every namespaced object in `ns` (the namespace controller's job, done at once).
+async fn delete_namespace_contents(store: &Arc<dyn Store>, ns: &str) -> Result<(), ApiError> {
+    for r in super::resources::RESOURCES.iter().filter(|r| r.namespaced) {
+        let listed = store
+            .list(&r.key_prefix(Some(ns)), None, 0, None)
+            .await
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+        for rec in listed.records {
+            match store.delete(&rec.key, None).await {
+                Ok(_) | Err(StoreError::NotFound) => {}
+                Err(e) => return Err(ApiError::internal(e.to_string())),
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn delete_collection(
+    store: &Arc<dyn Store>,
+    req: &Request<'_>,
+) -> Result<Response, ApiError> {
+    let r = req.target.resource;
+    let filters = Filters::parse(req)?;
+    let listed = store
+        .list(&r.key_prefix(req.target.namespace), None, 0, None)
+        .await
+        .map_err(|e| store_error(e, r, ""))?;
+    let mut items = Vec::new();
+    for rec in &listed.records {
+        let obj = decode(rec)?;
+        if !filters.matches(&obj) {
+            continue;
+        }
+        match store.delete(&rec.key, Some(rec.revision)).await {
+            Ok(_) | Err(StoreError::NotFound) => items.push(obj),
+            Err(e) => return Err(store_error(e, r, "")),
+        }
+    }
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({"kind": format!("{}List", r.kind), "apiVersion": r.api_version(), "metadata": {}, "items": items}),
+    ))
+}

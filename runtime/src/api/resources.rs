@@ -1,0 +1,305 @@
+//! The resource table: every kind the API serves, described once. Discovery, routing,
+//! storage keys and field selectors are all derived from it.
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resource {
+    /// "" for the core group.
+    pub group: &'static str,
+    pub version: &'static str,
+    pub kind: &'static str,
+    pub plural: &'static str,
+    pub singular: &'static str,
+    pub namespaced: bool,
+    pub short_names: &'static [&'static str],
+    /// Field selectors beyond metadata.name and metadata.namespace.
+    pub fields: &'static [&'static str],
+    pub subresources: &'static [&'static str],
+    pub categories: &'static [&'static str],
+}
+
+const R: Resource = Resource {
+    group: "",
+    version: "v1",
+    kind: "",
+    plural: "",
+    singular: "",
+    namespaced: true,
+    short_names: &[],
+    fields: &[],
+    subresources: &[],
+    categories: &[],
+};
+
+pub const RESOURCES: &[Resource] = &[
+    Resource {
+        kind: "Namespace",
+        plural: "namespaces",
+        singular: "namespace",
+        namespaced: false,
+        short_names: &["ns"],
+        fields: &["status.phase"],
+        subresources: &["status", "finalize"],
+        ..R
+    },
+    Resource {
+        kind: "Node",
+        plural: "nodes",
+        singular: "node",
+        namespaced: false,
+        short_names: &["no"],
+        fields: &["spec.unschedulable"],
+        subresources: &["status"],
+        ..R
+    },
+    Resource {
+        kind: "Pod",
+        plural: "pods",
+        singular: "pod",
+        short_names: &["po"],
+        fields: &[
+            "spec.nodeName",
+            "spec.restartPolicy",
+            "spec.schedulerName",
+            "spec.serviceAccountName",
+            "status.phase",
+            "status.podIP",
+            "status.nominatedNodeName",
+        ],
+        subresources: &["status", "binding", "log", "exec", "eviction"],
+        categories: &["all"],
+        ..R
+    },
+    Resource {
+        kind: "Service",
+        plural: "services",
+        singular: "service",
+        short_names: &["svc"],
+        subresources: &["status"],
+        categories: &["all"],
+        ..R
+    },
+    Resource {
+        kind: "Endpoints",
+        plural: "endpoints",
+        singular: "endpoints",
+        short_names: &["ep"],
+        ..R
+    },
+    Resource {
+        kind: "ConfigMap",
+        plural: "configmaps",
+        singular: "configmap",
+        short_names: &["cm"],
+        ..R
+    },
+    Resource {
+        kind: "Secret",
+        plural: "secrets",
+        singular: "secret",
+        fields: &["type"],
+        ..R
+    },
+    Resource {
+        kind: "ServiceAccount",
+        plural: "serviceaccounts",
+        singular: "serviceaccount",
+        short_names: &["sa"],
+        ..R
+    },
+    Resource {
+        kind: "Event",
+        plural: "events",
+        singular: "event",
+        short_names: &["ev"],
+        fields: &[
+            "involvedObject.kind",
+            "involvedObject.namespace",
+            "involvedObject.name",
+            "involvedObject.uid",
+            "involvedObject.apiVersion",
+            "involvedObject.resourceVersion",
+            "involvedObject.fieldPath",
+            "reason",
+            "reportingComponent",
+            "source",
+            "type",
+        ],
+        ..R
+    },
+    Resource {
+        group: "events.k8s.io",
+        kind: "Event",
+        plural: "events",
+        singular: "event",
+        short_names: &["ev"],
+        fields: &[
+            "regarding.kind",
+            "regarding.namespace",
+            "regarding.name",
+            "regarding.uid",
+            "reason",
+            "type",
+        ],
+        ..R
+    },
+    Resource {
+        group: "coordination.k8s.io",
+        kind: "Lease",
+        plural: "leases",
+        singular: "lease",
+        ..R
+    },
+    Resource {
+        group: "discovery.k8s.io",
+        kind: "EndpointSlice",
+        plural: "endpointslices",
+        singular: "endpointslice",
+        ..R
+    },
+    Resource {
+        group: "apps",
+        kind: "Deployment",
+        plural: "deployments",
+        singular: "deployment",
+        short_names: &["deploy"],
+        subresources: &["status", "scale"],
+        categories: &["all"],
+        ..R
+    },
+    Resource {
+        group: "apps",
+        kind: "ReplicaSet",
+        plural: "replicasets",
+        singular: "replicaset",
+        short_names: &["rs"],
+        subresources: &["status", "scale"],
+        categories: &["all"],
+        ..R
+    },
+    Resource {
+        group: "apps",
+        kind: "DaemonSet",
+        plural: "daemonsets",
+        singular: "daemonset",
+        short_names: &["ds"],
+        subresources: &["status"],
+        categories: &["all"],
+        ..R
+    },
+    Resource {
+        group: "apps",
+        kind: "StatefulSet",
+        plural: "statefulsets",
+        singular: "statefulset",
+        short_names: &["sts"],
+        subresources: &["status", "scale"],
+        categories: &["all"],
+        ..R
+    },
+    Resource {
+        group: "batch",
+        kind: "Job",
+        plural: "jobs",
+        singular: "job",
+        subresources: &["status"],
+        categories: &["all"],
+        ..R
+    },
+    Resource {
+        group: "batch",
+        kind: "CronJob",
+        plural: "cronjobs",
+        singular: "cronjob",
+        short_names: &["cj"],
+        subresources: &["status"],
+        categories: &["all"],
+        ..R
+    },
+    Resource {
+        group: "apiextensions.k8s.io",
+        kind: "CustomResourceDefinition",
+        plural: "customresourcedefinitions",
+        singular: "customresourcedefinition",
+        namespaced: false,
+        short_names: &["crd", "crds"],
+        subresources: &["status"],
+        ..R
+    },
+];
+
+impl Resource {
+    pub fn api_version(&self) -> String {
+        if self.group.is_empty() {
+            self.version.to_string()
+        } else {
+            format!("{}/{}", self.group, self.version)
+        }
+    }
+
+    /// The storage key prefix of every object of this kind (in `namespace` if given).
+    pub fn key_prefix(&self, namespace: Option<&str>) -> String {
+        let group = if self.group.is_empty() {
+            "core"
+        } else {
+            self.group
+        };
+        match namespace {
+            Some(ns) if self.namespaced => format!("/registry/{group}/{}/{ns}/", self.plural),
+            _ => format!("/registry/{group}/{}/", self.plural),
+        }
+    }
+
+    pub fn key(&self, namespace: Option<&str>, name: &str) -> String {
+        format!("{}{name}", self.key_prefix(namespace))
+    }
+
+    pub fn supports_field(&self, field: &str) -> bool {
+        field == "metadata.name"
+            || (self.namespaced && field == "metadata.namespace")
+            || self.fields.contains(&field)
+    }
+}
+
+/// Every group/version served, core first (the order discovery reports).
+pub fn group_versions() -> Vec<(&'static str, &'static str)> {
+    let mut out: Vec<(&str, &str)> = Vec::new();
+    for r in RESOURCES {
+        if !out.contains(&(r.group, r.version)) {
+            out.push((r.group, r.version));
+        }
+    }
+    out
+}
+
+pub fn find(group: &str, version: &str, plural: &str) -> Option<&'static Resource> {
+    RESOURCES
+        .iter()
+        .find(|r| r.group == group && r.version == version && r.plural == plural)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_and_lookup() {
+        let pods = find("", "v1", "pods").unwrap();
+        assert_eq!(
+            pods.key(Some("default"), "web"),
+            "/registry/core/pods/default/web"
+        );
+        assert_eq!(pods.key_prefix(None), "/registry/core/pods/");
+        let ns = find("", "v1", "namespaces").unwrap();
+        assert_eq!(
+            ns.key(None, "kube-system"),
+            "/registry/core/namespaces/kube-system"
+        );
+        assert_eq!(
+            find("apps", "v1", "deployments").unwrap().api_version(),
+            "apps/v1"
+        );
+        assert!(pods.supports_field("spec.nodeName"));
+        assert!(!pods.supports_field("spec.bogus"));
+        assert_eq!(group_versions()[0], ("", "v1"));
+    }
+}

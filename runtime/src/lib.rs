@@ -1,0 +1,6 @@
+//! cairn's runtime: the Kubernetes-compatible API server on a revisioned SQLite store (and,
+//! later, the node agent). The `cairn` binary is a thin command line over this library.
+
+pub mod api;
+pub mod server;
+pub mod store;

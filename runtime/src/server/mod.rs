@@ -1,0 +1,252 @@
+//! `cairn server`: the API over HTTPS on the SQLite store.
+
+pub mod auth;
+pub mod kubeconfig;
+pub mod pki;
+
+use crate::api::Api;
+use crate::store::{SqliteStore, Store};
+use anyhow::{Context, Result};
+use axum::body::Body;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub struct ServerOptions {
+    pub data_dir: PathBuf,
+    pub bind_address: IpAddr,
+    pub port: u16,
+    pub write_kubeconfig: Option<PathBuf>,
+    pub token: Option<String>,
+    pub tls_san: Vec<String>,
+}
+
+/// Namespaces every cluster has.
+const SYSTEM_NAMESPACES: &[&str] = &["default", "kube-system", "kube-public", "kube-node-lease"];
+
+fn serving_names(opts: &ServerOptions) -> Vec<String> {
+    let mut names: Vec<String> = [
+        "localhost",
+        "127.0.0.1",
+        "::1",
+        "kubernetes",
+        "kubernetes.default",
+        "kubernetes.default.svc",
+        "kubernetes.default.svc.cluster.local",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    if let Ok(h) = std::fs::read_to_string("/proc/sys/kernel/hostname") {
+        let h = h.trim();
+        if !h.is_empty() {
+            names.push(h.to_string());
+        }
+    }
+    if !opts.bind_address.is_unspecified() {
+        names.push(opts.bind_address.to_string());
+    }
+    names.extend(local_addresses().into_iter().map(|a| a.to_string()));
+    names.extend(opts.tls_san.iter().cloned());
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// The machine's IPv4 addresses, so clients reaching the node by address can verify it.
+fn local_addresses() -> Vec<IpAddr> {
+    let mut out = Vec::new();
+    let mut ifap: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs allocates a list we walk read-only and free once.
+    unsafe {
+        if libc::getifaddrs(&mut ifap) != 0 {
+            return out;
+        }
+        let mut cur = ifap;
+        while !cur.is_null() {
+            let addr = (*cur).ifa_addr;
+            if !addr.is_null() && (*addr).sa_family as i32 == libc::AF_INET {
+                let sin = addr as *const libc::sockaddr_in;
+                let ip = std::net::Ipv4Addr::from(u32::from_be((*sin).sin_addr.s_addr));
+                out.push(IpAddr::V4(ip));
+            }
+            cur = (*cur).ifa_next;
+        }
+        libc::freeifaddrs(ifap);
+    }
+    out
+}
+
+async fn bootstrap(store: &Arc<dyn Store>) -> Result<()> {
+    let ns = crate::api::resources::find("", "v1", "namespaces").context("namespaces resource")?;
+    for name in SYSTEM_NAMESPACES {
+        let key = ns.key(None, name);
+        if store.get(&key).await?.is_none() {
+            let obj = serde_json::json!({
+                "apiVersion": "v1", "kind": "Namespace",
+                "metadata": {"name": name, "uid": crate::api::objects::new_uid(),
+                             "creationTimestamp": crate::api::objects::now_rfc3339(),
+                             "labels": {"kubernetes.io/metadata.name": name}},
+                "spec": {"finalizers": ["kubernetes"]},
+                "status": {"phase": "Active"},
+            });
+            match store.create(&key, serde_json::to_vec(&obj)?).await {
+                Ok(_) | Err(crate::store::StoreError::AlreadyExists) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    Ok(())
+}
+
+fn read_or_make_token(path: &std::path::Path) -> Result<String> {
+    if let Ok(t) = std::fs::read_to_string(path) {
+        let t = t.trim().to_string();
+        if !t.is_empty() {
+            return Ok(t);
+        }
+    }
+    let t = auth::random_secret(24)?;
+    std::fs::write(path, format!("{t}\n"))
+        .with_context(|| format!("writing {}", path.display()))?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(t)
+}
+
+pub async fn run(opts: ServerOptions) -> Result<()> {
+    std::fs::create_dir_all(&opts.data_dir)
+        .with_context(|| format!("creating {}", opts.data_dir.display()))?;
+    let pki = pki::load_or_create(&opts.data_dir.join("tls"), &serving_names(&opts))?;
+    std::fs::create_dir_all(opts.data_dir.join("db"))?;
+    let sqlite = Arc::new(SqliteStore::open(&opts.data_dir.join("db/state.db"))?);
+    sqlite.spawn_compactor(Duration::from_secs(300), 1000);
+    let store: Arc<dyn Store> = sqlite;
+    bootstrap(&store).await?;
+
+    let admin_token = read_or_make_token(&opts.data_dir.join("token"))?;
+    let mut tokens = auth::Tokens::default();
+    tokens.add(&admin_token, "system:admin", &["system:masters"]);
+    if let Some(t) = &opts.token {
+        tokens.add(t, "system:node", &["system:nodes"]);
+    }
+
+    if let Some(path) = &opts.write_kubeconfig {
+        let host = if opts.bind_address.is_unspecified() {
+            "127.0.0.1".to_string()
+        } else {
+            opts.bind_address.to_string()
+        };
+        let url = format!("https://{}", SocketAddr::new(host.parse()?, opts.port));
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::write(
+            path,
+            kubeconfig::render(
+                &url,
+                &pki.ca_cert_pem,
+                &pki.admin_cert_pem,
+                &pki.admin_key_pem,
+            ),
+        )
+        .with_context(|| format!("writing {}", path.display()))?;
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    }
+
+    let tls = tls_config(&pki)?;
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+    let api = Arc::new(Api {
+        store,
+        ca_pem: pki.ca_cert_pem.clone(),
+    });
+    let tokens = Arc::new(tokens);
+    let listener = tokio::net::TcpListener::bind((opts.bind_address, opts.port))
+        .await
+        .with_context(|| format!("listening on {}:{}", opts.bind_address, opts.port))?;
+    tracing::info!(address = %listener.local_addr()?, "cairn server listening (HTTPS)");
+    eprintln!(
+        "cairn server: listening on https://{}",
+        listener.local_addr()?
+    );
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept");
+                continue;
+            }
+        };
+        let acceptor = acceptor.clone();
+        let api = api.clone();
+        let tokens = tokens.clone();
+        tokio::spawn(async move {
+            let tls = match acceptor.accept(tcp).await {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+            };
+            let cert_identity = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .and_then(|c| auth::from_client_certificate(c));
+            let service =
+                hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let api = api.clone();
+                    let who = cert_identity.clone().or_else(|| {
+                        req.headers()
+                            .get(hyper::header::AUTHORIZATION)
+                            .and_then(|v| v.to_str().ok())
+                            .and_then(|h| tokens.authenticate(h))
+                    });
+                    async move {
+                        Ok::<_, std::convert::Infallible>(api.serve(who, req.map(Body::new)).await)
+                    }
+                });
+            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            if let Err(e) = builder
+                .serve_connection_with_upgrades(TokioIo::new(tls), service)
+                .await
+            {
+                tracing::debug!(%peer, error = %e, "connection ended");
+            }
+        });
+    }
+}
+
+fn tls_config(pki: &pki::Pki) -> Result<rustls::ServerConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let certs: Vec<_> = rustls_pemfile::certs(&mut pki.server_cert_pem.as_bytes())
+        .collect::<std::result::Result<_, _>>()
+        .context("serving certificate")?;
+    let key = rustls_pemfile::private_key(&mut pki.server_key_pem.as_bytes())
+        .context("serving key")?
+        .context("no serving key")?;
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in rustls_pemfile::certs(&mut pki.ca_cert_pem.as_bytes()) {
+        roots.add(ca.context("CA certificate")?)?;
+    }
+    // Client certificates are checked against our CA when offered; token clients offer none.
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .allow_unauthenticated()
+    .build()
+    .context("client certificate verifier")?;
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("TLS versions")?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(certs, key)
+        .context("serving certificate")?;
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(cfg)
+}
