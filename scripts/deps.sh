@@ -78,6 +78,16 @@ if ! qemu_ok; then
   qemu_ok || { echo "deps: QEMU 10 or newer is needed (qemu-system-aarch64 and qemu-system-x86_64)" >&2; exit 1; }
 fi
 
+# The Python Kubernetes client the API tests drive the server with, in a venv of our own.
+if ! [ -x .venv/bin/python ] || ! .venv/bin/python -c "import kubernetes" 2>/dev/null; then
+  python3 -m venv .venv 2>/dev/null || {
+    apt_update; DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq python3-venv
+    python3 -m venv .venv
+  }
+  echo "deps: pip install kubernetes (into .venv)"
+  .venv/bin/pip install -q --disable-pip-version-check kubernetes
+fi
+
 if ! command -v rustup >/dev/null 2>&1; then
   echo "deps: rustup is needed to add the musl targets; install Rust with rustup first" >&2
   exit 1

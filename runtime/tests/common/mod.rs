@@ -1,0 +1,155 @@
+//! A `cairn server` process for client tests: its own data directory, a free port, an admin
+//! kubeconfig, and helpers to run the real kubectl and the Python client against it.
+
+#![allow(dead_code)] // each test file uses a different part of this helper
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct Server {
+    child: Child,
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+    pub kubeconfig: PathBuf,
+}
+
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
+impl Server {
+    pub fn start() -> Server {
+        let dir = tempfile::tempdir().expect("tempdir");
+        Self::start_in(dir)
+    }
+
+    pub fn start_in(dir: tempfile::TempDir) -> Server {
+        let port = free_port();
+        let kubeconfig = dir.path().join("kubeconfig.yaml");
+        let log = std::fs::File::create(dir.path().join("server.log")).expect("log");
+        let child = Command::new(env!("CARGO_BIN_EXE_cairn"))
+            .args(["server", "--disable-agent", "--bind-address", "127.0.0.1"])
+            .arg("--https-listen-port")
+            .arg(port.to_string())
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .arg("--write-kubeconfig")
+            .arg(&kubeconfig)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start cairn server");
+        let server = Server {
+            child,
+            dir,
+            port,
+            kubeconfig,
+        };
+        let start = Instant::now();
+        loop {
+            if server.kubeconfig.exists() {
+                let out = server.kubectl(&["get", "--raw", "/readyz"]);
+                if out.status.success() {
+                    break;
+                }
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "server did not become ready: {}",
+                server.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        server
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+    }
+
+    pub fn kubectl_cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new("kubectl");
+        c.env("KUBECONFIG", &self.kubeconfig)
+            .arg("--cache-dir")
+            .arg(self.dir.path().join("kube-cache"))
+            .arg("--request-timeout=30s")
+            .args(args);
+        c
+    }
+
+    pub fn kubectl(&self, args: &[&str]) -> Output {
+        self.kubectl_cmd(args).output().expect("run kubectl")
+    }
+
+    /// Runs kubectl, failing the test with its stderr if it fails; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.kubectl(args);
+        assert!(
+            out.status.success(),
+            "kubectl {args:?} failed: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8_lossy(&out.stdout).to_string()
+    }
+
+    /// kubectl with a manifest on stdin.
+    pub fn ok_stdin(&self, args: &[&str], input: &str) -> String {
+        let out = self.with_stdin(args, input);
+        assert!(
+            out.status.success(),
+            "kubectl {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).to_string()
+    }
+
+    pub fn with_stdin(&self, args: &[&str], input: &str) -> Output {
+        use std::io::Write;
+        let mut child = self
+            .kubectl_cmd(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("kubectl");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(input.as_bytes())
+            .expect("write stdin");
+        child.wait_with_output().expect("kubectl output")
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub fn stop(mut self) -> tempfile::TempDir {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::mem::replace(&mut self.dir, dir)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The repository's Python with the `kubernetes` package (made by `make deps`).
+pub fn python() -> PathBuf {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python");
+    assert!(
+        p.exists(),
+        "{} is missing: run 'make deps' to create the venv with the kubernetes client",
+        p.display()
+    );
+    p
+}
