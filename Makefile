@@ -44,6 +44,8 @@ qemu-test: images
 test: unit-test qemu-test
 
 bench: images
+	$(CARGO) build --release --locked -p cairn-runtime
+	$(CARGO) bench --locked -p cairn-runtime --bench server -- --out $(abspath bench/results/server.json)
 	$(QEMU_TOOL) bench --boards "$(BOARDS)" --out bench/results/boot.json
 
 lint:

@@ -14,6 +14,10 @@ const PERSISTED_CONFIG: &str = "/var/lib/cairn/cairn.toml";
 const BOOT_CONFIG: &str = "/boot/cairn.toml";
 /// Modules stage 2 loads from the root (the board's `root.modules`).
 const LATE_MODULES: &str = "/etc/cairn/modules";
+const SERVER_DATA_DIR: &str = "/var/lib/cairn/server";
+const SERVER_HEALTH_SOCK: &str = "/var/lib/cairn/server/health.sock";
+const SERVER_KUBECONFIG: &str = "/etc/cairn/cairn.yaml";
+const KUBECONFIG_PORT: &str = "io.cairn.kubeconfig";
 
 pub fn run(stage1_marks: &str) -> ! {
     let start_ms = log::pid1_start_ms(stage1_marks);
@@ -91,6 +95,9 @@ pub fn run(stage1_marks: &str) -> ! {
             if !ready && is_ready(&sup, role) {
                 ready = true;
                 announce_ready();
+                if role == "server" {
+                    publish_kubeconfig();
+                }
             }
         }
     };
@@ -145,7 +152,7 @@ fn start_node_services(sup: &mut Supervisor, cfg: &Config) {
     }
     let mut args = vec![role.to_string()];
     if role == "server" {
-        args.extend(["--data-dir".into(), "/var/lib/cairn/server".into()]);
+        args.extend(["--data-dir".into(), SERVER_DATA_DIR.into()]);
     }
     args.extend(cfg.runtime.args.iter().cloned());
     sup.add(ServiceSpec {
@@ -365,10 +372,54 @@ fn is_ready(sup: &Supervisor, role: &str) -> bool {
     if !containerd_answers() {
         return false;
     }
-    role == "none"
-        || sup
+    match role {
+        "none" => true,
+        "server" => server_ready(),
+        _ => sup
             .uptime_of("cairn")
-            .is_some_and(|t| t >= Duration::from_millis(500))
+            .is_some_and(|t| t >= Duration::from_millis(500)),
+    }
+}
+
+/// `cairn server` answers `/readyz` on a Unix socket in its data directory (plain HTTP:
+/// PID 1 has no TLS client and needs no credentials there).
+fn server_ready() -> bool {
+    let Ok(mut s) = std::os::unix::net::UnixStream::connect(SERVER_HEALTH_SOCK) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+    if s.write_all(b"GET /readyz HTTP/1.0\r\n\r\n").is_err() {
+        return false;
+    }
+    let mut status = [0u8; 12];
+    s.read_exact(&mut status).is_ok() && status.ends_with(b"200")
+}
+
+/// Hands the admin kubeconfig to the host when it asked for it with a virtio serial port
+/// named `io.cairn.kubeconfig` (what `make run` and the QEMU tests do).
+fn publish_kubeconfig() {
+    let Ok(ports) = std::fs::read_dir("/sys/class/virtio-ports") else {
+        return;
+    };
+    for port in ports.flatten() {
+        let name = std::fs::read_to_string(port.path().join("name")).unwrap_or_default();
+        if name.trim() != KUBECONFIG_PORT {
+            continue;
+        }
+        let dev = Path::new("/dev").join(port.file_name());
+        match std::fs::read(SERVER_KUBECONFIG) {
+            Ok(k) => {
+                if let Err(e) = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&dev)
+                    .and_then(|mut f| f.write_all(&k))
+                {
+                    info!("{}: {e}", dev.display());
+                }
+            }
+            Err(e) => info!("{SERVER_KUBECONFIG}: {e}"),
+        }
+    }
 }
 
 /// containerd's socket answers when it completes an HTTP/2 handshake (its gRPC server

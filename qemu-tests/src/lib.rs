@@ -138,11 +138,15 @@ pub fn free_port() -> Result<u16> {
 
 /// The QEMU command line for a board and disk: the one place it is built, for tests,
 /// benchmarks and `make run`.
+///
+/// `kubeconfig_out` receives what the node writes to its `io.cairn.kubeconfig` virtio serial
+/// port: the admin kubeconfig, once the server is ready.
 pub fn qemu_command(
     board: &BoardImage,
     disk: &Path,
     vars: Option<&Path>,
     api_port: u16,
+    kubeconfig_out: &Path,
 ) -> Command {
     let q = &board.qemu;
     let mut cmd = Command::new(&q.binary);
@@ -172,8 +176,39 @@ pub fn qemu_command(
             "user,id=net0,hostfwd=tcp:127.0.0.1:{api_port}-:6443"
         ))
         .args(["-device", "virtio-net-pci,netdev=net0"])
+        .arg("-chardev")
+        .arg(format!(
+            "file,id=kubeconfig,path={}",
+            kubeconfig_out.display()
+        ))
+        .args(["-device", "virtio-serial-pci,id=vserial0"])
+        .args([
+            "-device",
+            "virtserialport,bus=vserial0.0,chardev=kubeconfig,name=io.cairn.kubeconfig",
+        ])
         .args(["-display", "none", "-no-reboot"]);
     cmd
+}
+
+/// Turns what the node published into a kubeconfig for this host: the API is reached
+/// through the forwarded port on 127.0.0.1 (a name the serving certificate carries).
+/// None until the node has written a whole kubeconfig.
+pub fn host_kubeconfig(published: &str, api_port: u16) -> Option<String> {
+    if !published.contains("current-context") || !published.contains("client-key-data") {
+        return None;
+    }
+    Some(
+        published
+            .lines()
+            .map(|l| {
+                if l.trim_start().starts_with("server:") {
+                    format!("    server: https://127.0.0.1:{api_port}\n")
+                } else {
+                    format!("{l}\n")
+                }
+            })
+            .collect(),
+    )
 }
 
 /// A running VM with its serial console captured.
@@ -185,6 +220,7 @@ pub struct Vm {
     monitor: PathBuf,
     pub api_port: u16,
     commands: u32,
+    published: PathBuf,
 }
 
 impl Vm {
@@ -193,7 +229,14 @@ impl Vm {
         let monitor = disk.dir.join(format!("{log_name}.monitor"));
         let _ = std::fs::remove_file(&monitor);
         let log_path = disk.dir.join(format!("{log_name}.serial.log"));
-        let mut cmd = qemu_command(board, &disk.path, disk.vars.as_deref(), api_port);
+        let published = disk.dir.join(format!("{log_name}.kubeconfig.raw"));
+        let mut cmd = qemu_command(
+            board,
+            &disk.path,
+            disk.vars.as_deref(),
+            api_port,
+            &published,
+        );
         cmd.arg("-monitor")
             .arg(format!("unix:{},server=on,wait=off", monitor.display()))
             .args(["-serial", "stdio"])
@@ -228,6 +271,7 @@ impl Vm {
             monitor,
             api_port,
             commands: 0,
+            published,
         })
     }
 
@@ -308,6 +352,23 @@ impl Vm {
         }
     }
 
+    /// Waits for the node's admin kubeconfig and writes a host copy beside the disk.
+    pub fn kubeconfig(&self, timeout: Duration) -> Result<PathBuf> {
+        let start = Instant::now();
+        loop {
+            let raw = std::fs::read_to_string(&self.published).unwrap_or_default();
+            if let Some(k) = host_kubeconfig(&raw, self.api_port) {
+                let path = self.published.with_extension("yaml");
+                std::fs::write(&path, k)?;
+                return Ok(path);
+            }
+            if start.elapsed() > timeout {
+                bail!("the node published no kubeconfig within {timeout:?}");
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
     /// Sends a command to the QEMU monitor (e.g. `sendkey ctrl-alt-delete`).
     pub fn monitor(&self, command: &str) -> Result<()> {
         let mut s = std::os::unix::net::UnixStream::connect(&self.monitor)
@@ -378,6 +439,14 @@ pub const BOOT_TIMEOUT: Duration = Duration::from_secs(240);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn host_kubeconfig_points_at_the_forwarded_port() {
+        let published = "apiVersion: v1\nclusters:\n- cluster:\n    server: https://127.0.0.1:6443\ncurrent-context: cairn\nusers:\n- user:\n    client-key-data: x\n";
+        let k = host_kubeconfig(published, 40000).unwrap();
+        assert!(k.contains("server: https://127.0.0.1:40000"));
+        assert!(host_kubeconfig("apiVersion: v1\n", 1).is_none());
+    }
 
     #[test]
     fn ready_line_parses() {

@@ -75,15 +75,30 @@ fn interactive(board: &str, fresh: bool) -> Result<()> {
         None => None,
     };
     let port = qemu_tests::free_port()?;
-    let mut cmd = qemu_tests::qemu_command(&image, &disk_path, vars.as_deref(), port);
+    let published = image.out_dir.join("run-kubeconfig.raw");
+    let _ = std::fs::remove_file(&published);
+    let kubeconfig = image.out_dir.join("kubeconfig.yaml");
+    let mut cmd = qemu_tests::qemu_command(&image, &disk_path, vars.as_deref(), port, &published);
     cmd.args(["-serial", "mon:stdio"]);
     eprintln!(
         "cairn-qemu: booting {} ({}) under software emulation; Ctrl-A X quits QEMU.\n\
-         cairn-qemu: the node's API port 6443 is forwarded to 127.0.0.1:{port}\n\
-         cairn-qemu: e.g. curl http://127.0.0.1:{port}/version once CAIRN READY is printed",
+         cairn-qemu: the node's API (port 6443) is forwarded to https://127.0.0.1:{port}\n\
+         cairn-qemu: once CAIRN READY is printed: KUBECONFIG={} kubectl get nodes",
         image.name,
-        image.image.display()
+        image.image.display(),
+        kubeconfig.display()
     );
+    // The node hands its admin kubeconfig over a virtio serial port once it is ready.
+    std::thread::spawn(move || loop {
+        let raw = std::fs::read_to_string(&published).unwrap_or_default();
+        if let Some(k) = qemu_tests::host_kubeconfig(&raw, port) {
+            if std::fs::write(&kubeconfig, k).is_ok() {
+                eprintln!("\r\ncairn-qemu: wrote {}\r", kubeconfig.display());
+            }
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    });
     let status = cmd.status().context("starting QEMU (run 'make deps')")?;
     if !status.success() {
         bail!("QEMU exited with {status}");

@@ -1,12 +1,12 @@
 //! One generic REST handler for every kind in the resource table: get, list (selectors,
 //! limit/continue), watch, create, update, patch, delete.
 
-use super::objects::{self, with_revision};
+use super::objects::{self, decode, encode, with_revision};
 use super::patch;
 use super::resources::Resource;
 use super::selectors::{FieldSelector, LabelSelector};
 use super::status::ApiError;
-use crate::store::{EventKind, Record, Store, StoreError};
+use crate::store::{EventKind, Store, StoreError};
 use axum::body::Body;
 use axum::http::{header, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -32,6 +32,8 @@ pub struct Request<'a> {
     pub target: Target<'a>,
     pub query: HashMap<String, String>,
     pub content_type: String,
+    /// The Accept header: GETs answer a Table when it asks for one (see `table::wants_table`).
+    pub accept: String,
     pub body: bytes::Bytes,
 }
 
@@ -51,30 +53,18 @@ fn store_error(e: StoreError, r: &Resource, name: &str) -> ApiError {
     }
 }
 
-fn decode(record: &Record) -> Result<Value, ApiError> {
-    let v: Value = serde_json::from_slice(&record.value)
-        .map_err(|e| ApiError::internal(format!("stored object {} is corrupt: {e}", record.key)))?;
-    Ok(with_revision(v, record.revision))
-}
-
-fn encode(obj: &Value) -> Result<Vec<u8>, ApiError> {
-    let mut obj = obj.clone();
-    // The revision is the row's, never stored inside the value.
-    if let Some(m) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
-        m.remove("resourceVersion");
-    }
-    serde_json::to_vec(&obj).map_err(|e| ApiError::internal(e.to_string()))
-}
-
 fn parse_body(req: &Request<'_>) -> Result<Value, ApiError> {
     if req.body.is_empty() {
         return Err(ApiError::bad_request("the request body is empty"));
     }
     let ct = req.content_type.split(';').next().unwrap_or("").trim();
     if ct.contains("protobuf") {
-        return Err(ApiError::unsupported_media(
-            "protobuf request bodies are not supported: send JSON",
-        ));
+        return super::protobuf::decode(&req.body).map_err(|e| match e {
+            super::protobuf::ProtoError::UnsupportedKind(_) => {
+                ApiError::unsupported_media(e.to_string())
+            }
+            other => ApiError::bad_request(other.to_string()),
+        });
     }
     serde_json::from_slice(&req.body)
         .map_err(|e| ApiError::bad_request(format!("the request body is not valid JSON: {e}")))
@@ -101,6 +91,13 @@ async fn dispatch(store: &Arc<dyn Store>, req: Request<'_>) -> Result<Response, 
     if t.resource.namespaced && t.namespace.is_none() && t.name.is_some() {
         return Err(ApiError::not_found_path());
     }
+    if let (Some("scale"), Some(name)) = (t.subresource, t.name) {
+        if !t.resource.subresources.contains(&"scale") {
+            return Err(ApiError::not_found_path());
+        }
+        return super::scale::handle(store, t, name, &req.method, &req.content_type, &req.body)
+            .await;
+    }
     match (&req.method, t.name) {
         (&Method::GET, None) => {
             if is_true(req.query.get("watch")) {
@@ -111,7 +108,7 @@ async fn dispatch(store: &Arc<dyn Store>, req: Request<'_>) -> Result<Response, 
         }
         (&Method::POST, None) => create(store, &req).await,
         (&Method::DELETE, None) => delete_collection(store, &req).await,
-        (&Method::GET, Some(name)) => get(store, t, name).await,
+        (&Method::GET, Some(name)) => get(store, &req, name).await,
         (&Method::PUT, Some(name)) => update(store, &req, name).await,
         (&Method::PATCH, Some(name)) => patch_object(store, &req, name).await,
         (&Method::DELETE, Some(name)) => delete(store, &req, name).await,
@@ -123,14 +120,16 @@ fn is_true(v: Option<&String>) -> bool {
     matches!(v.map(String::as_str), Some("true") | Some("1"))
 }
 
-async fn get(store: &Arc<dyn Store>, t: &Target<'_>, name: &str) -> Result<Response, ApiError> {
+async fn get(store: &Arc<dyn Store>, req: &Request<'_>, name: &str) -> Result<Response, ApiError> {
+    let t = &req.target;
     let r = t.resource;
     let rec = store
         .get(&r.key(t.namespace, name))
         .await
         .map_err(|e| store_error(e, r, name))?
         .ok_or_else(|| ApiError::not_found(r.plural, r.group, name))?;
-    Ok(json_response(StatusCode::OK, &decode(&rec)?))
+    let obj = super::table::respond(t.resource, &req.accept, &req.query, decode(&rec)?);
+    Ok(json_response(StatusCode::OK, &obj))
 }
 
 struct Filters {
@@ -232,15 +231,14 @@ async fn list(store: &Arc<dyn Store>, req: &Request<'_>) -> Result<Response, Api
                 json!(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw));
         }
     }
-    Ok(json_response(
-        StatusCode::OK,
-        &json!({
-            "kind": format!("{}List", r.kind),
-            "apiVersion": r.api_version(),
-            "metadata": metadata,
-            "items": items,
-        }),
-    ))
+    let list = json!({
+        "kind": format!("{}List", r.kind),
+        "apiVersion": r.api_version(),
+        "metadata": metadata,
+        "items": items,
+    });
+    let list = super::table::respond(r, &req.accept, &req.query, list);
+    Ok(json_response(StatusCode::OK, &list))
 }
 
 fn watch_event(kind: &str, obj: &Value) -> bytes::Bytes {
@@ -260,6 +258,10 @@ async fn watch(store: &Arc<dyn Store>, req: &Request<'_>) -> Result<Response, Ap
         .map(Duration::from_secs)
         .unwrap_or(Duration::from_secs(1800));
     let bookmarks = is_true(req.query.get("allowWatchBookmarks"));
+    // kubectl get -w: every event's object is a one-row Table.
+    let as_table = super::table::wants_table(&req.accept).then(|| {
+        super::table::IncludeObject::from_query(req.query.get("includeObject").map(String::as_str))
+    });
     let rv = req
         .query
         .get("resourceVersion")
@@ -283,7 +285,10 @@ async fn watch(store: &Arc<dyn Store>, req: &Request<'_>) -> Result<Response, Ap
             for rec in &listed.records {
                 let obj = decode(rec)?;
                 if filters.matches(&obj) {
-                    initial.push(watch_event("ADDED", &obj));
+                    initial.push(watch_event(
+                        "ADDED",
+                        &super::table::watch_object(r, as_table, &obj),
+                    ));
                 }
             }
             listed.revision
@@ -341,6 +346,7 @@ async fn watch(store: &Arc<dyn Store>, req: &Request<'_>) -> Result<Response, Ap
                             (false, false) => continue,
                         },
                     };
+                    let cur = super::table::watch_object(r, as_table, &cur);
                     if tx.send(Ok(watch_event(kind, &cur))).await.is_err() { return; }
                 }
             }
@@ -387,7 +393,7 @@ fn check_identity(obj: &mut Value, req: &Request<'_>) -> Result<(), ApiError> {
     }
     if r.namespaced {
         let ns = req.target.namespace.unwrap_or("default");
-        match obj["metadata"]["namespace"].as_str() {
+        match obj["metadata"]["namespace"].as_str().filter(|n| !n.is_empty()) {
             Some(n) if n != ns => {
                 return Err(ApiError::bad_request(
                     "the namespace of the provided object does not match the namespace sent on the request",
@@ -654,6 +660,7 @@ async fn patch_object(
                     },
                     query: req.query.clone(),
                     content_type: "application/json".into(),
+                    accept: String::new(),
                     body: req.body.clone(),
                 };
                 return create(store, &create_req).await;
@@ -680,6 +687,7 @@ async fn patch_object(
             target: req.target.clone_ref(),
             query: req.query.clone(),
             content_type: String::new(),
+            accept: String::new(),
             body: bytes::Bytes::new(),
         };
         check_identity(&mut patched, &sub_req)?;

@@ -3,10 +3,14 @@
 pub mod discovery;
 pub mod handler;
 pub mod objects;
+pub mod openapi;
 pub mod patch;
+pub mod protobuf;
 pub mod resources;
+pub mod scale;
 pub mod selectors;
 pub mod status;
+pub mod table;
 
 use crate::server::auth::Identity;
 use crate::store::Store;
@@ -76,6 +80,13 @@ impl Api {
             ["apis", g, v] => discovery::api_resource_list(g, v)
                 .map(json_ok)
                 .unwrap_or_else(|| ApiError::not_found_path().into_response()),
+            ["openapi", "v3", rest @ ..] => openapi::serve(
+                rest,
+                req.uri().query(),
+                req.headers()
+                    .get(header::IF_NONE_MATCH)
+                    .and_then(|v| v.to_str().ok()),
+            ),
             ["api", v, rest @ ..] => self.resource_request("", v, rest, req).await,
             ["apis", g, v, rest @ ..] => self.resource_request(g, v, rest, req).await,
             _ => ApiError::not_found_path().into_response(),
@@ -113,6 +124,12 @@ impl Api {
             .query()
             .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
             .unwrap_or_default();
+        let accept = req
+            .headers()
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
         let content_type = req
             .headers()
             .get(header::CONTENT_TYPE)
@@ -149,6 +166,7 @@ impl Api {
                 },
                 query,
                 content_type,
+                accept,
                 body,
             },
         )

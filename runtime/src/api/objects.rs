@@ -1,5 +1,7 @@
 //! What the server fills in on every object: uid, timestamps, resourceVersion, generation.
 
+use super::status::ApiError;
+use crate::store::Record;
 use serde_json::{json, Value};
 
 /// RFC 3339 UTC time, second precision, as Kubernetes writes timestamps.
@@ -65,6 +67,22 @@ pub fn with_revision(mut obj: Value, revision: i64) -> Value {
         m.insert("resourceVersion".into(), json!(revision.to_string()));
     }
     obj
+}
+
+/// A stored record as the API shows it: the JSON value with its revision as resourceVersion.
+pub fn decode(record: &Record) -> Result<Value, ApiError> {
+    let v: Value = serde_json::from_slice(&record.value)
+        .map_err(|e| ApiError::internal(format!("stored object {} is corrupt: {e}", record.key)))?;
+    Ok(with_revision(v, record.revision))
+}
+
+/// The bytes stored for an object; the revision is the row's, never kept inside the value.
+pub fn encode(obj: &Value) -> Result<Vec<u8>, ApiError> {
+    let mut obj = obj.clone();
+    if let Some(m) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
+        m.remove("resourceVersion");
+    }
+    serde_json::to_vec(&obj).map_err(|e| ApiError::internal(e.to_string()))
 }
 
 /// Generates a name from `generateName` the way kube-apiserver does (5 random characters).

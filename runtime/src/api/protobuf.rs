@@ -21,7 +21,6 @@ pub enum ProtoError {
 #[derive(Clone, Copy)]
 enum Ty {
     Str,
-    Bytes,
     Int,
     Bool,
     Time,
@@ -245,7 +244,6 @@ fn message(b: &[u8], fields: &[Field]) -> Result<Value, ProtoError> {
             (Ty::Int, 0) => json!(rd.varint()? as i64),
             (Ty::Bool, 0) => json!(rd.varint()? != 0),
             (Ty::Str, 2) => json!(utf8(rd.bytes()?)?),
-            (Ty::Bytes, 2) => json!(base64::engine::general_purpose::STANDARD.encode(rd.bytes()?)),
             (Ty::Time, 2) => time(rd.bytes()?)?,
             (Ty::Msg(inner), 2) => message(rd.bytes()?, inner)?,
             (Ty::MapStr | Ty::MapBytes, 2) => {

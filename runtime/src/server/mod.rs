@@ -1,6 +1,7 @@
 //! `cairn server`: the API over HTTPS on the SQLite store.
 
 pub mod auth;
+pub mod health;
 pub mod kubeconfig;
 pub mod pki;
 
@@ -157,6 +158,8 @@ pub async fn run(opts: ServerOptions) -> Result<()> {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     }
 
+    health::spawn(&opts.data_dir, store.clone())
+        .with_context(|| format!("health socket in {}", opts.data_dir.display()))?;
     let tls = tls_config(&pki)?;
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
     let api = Arc::new(Api {
