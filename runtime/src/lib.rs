@@ -2,5 +2,6 @@
 //! later, the node agent). The `cairn` binary is a thin command line over this library.
 
 pub mod api;
+pub mod controllers;
 pub mod server;
 pub mod store;

@@ -126,6 +126,8 @@ pub async fn run(opts: ServerOptions) -> Result<()> {
     sqlite.spawn_compactor(Duration::from_secs(300), 1000);
     let store: Arc<dyn Store> = sqlite;
     bootstrap(&store).await?;
+    // Scheduler, ReplicaSet, Deployment and garbage collector: they run for the server's life.
+    let _controllers = crate::controllers::spawn_all(store.clone());
 
     let admin_token = read_or_make_token(&opts.data_dir.join("token"))?;
     let mut tokens = auth::Tokens::default();

@@ -1,0 +1,382 @@
+//! What the controllers share: reading and writing objects in the store the way the API server
+//! does, owner references, selectors, pod readiness, timestamps.
+
+use crate::api::objects::{self, decode, encode};
+use crate::api::resources::{self, Resource};
+use crate::api::selectors::LabelSelector;
+use crate::store::{Store, StoreError};
+use anyhow::{anyhow, Result};
+use serde_json::{json, Value};
+
+fn resource(group: &str, plural: &str) -> &'static Resource {
+    resources::find(group, "v1", plural)
+        .unwrap_or_else(|| panic!("{plural}.{group} is missing from the resource table"))
+}
+
+pub fn pods() -> &'static Resource {
+    resource("", "pods")
+}
+
+pub fn nodes() -> &'static Resource {
+    resource("", "nodes")
+}
+
+pub fn replicasets() -> &'static Resource {
+    resource("apps", "replicasets")
+}
+
+pub fn deployments() -> &'static Resource {
+    resource("apps", "deployments")
+}
+
+/// The string at a JSON pointer, "" when absent.
+pub fn str_at<'a>(v: &'a Value, pointer: &str) -> &'a str {
+    v.pointer(pointer).and_then(Value::as_str).unwrap_or("")
+}
+
+pub fn name(obj: &Value) -> &str {
+    str_at(obj, "/metadata/name")
+}
+
+pub fn namespace(obj: &Value) -> &str {
+    str_at(obj, "/metadata/namespace")
+}
+
+pub fn uid(obj: &Value) -> &str {
+    str_at(obj, "/metadata/uid")
+}
+
+pub fn is_deleting(obj: &Value) -> bool {
+    obj.pointer("/metadata/deletionTimestamp")
+        .is_some_and(|v| !v.is_null())
+}
+
+/// The store key of an object of kind `r`.
+pub fn key_of(r: &Resource, obj: &Value) -> String {
+    let ns = namespace(obj);
+    r.key((!ns.is_empty()).then_some(ns), name(obj))
+}
+
+/// `metadata.ownerReferences` (empty when absent).
+pub fn owner_refs(obj: &Value) -> &[Value] {
+    obj.pointer("/metadata/ownerReferences")
+        .and_then(Value::as_array)
+        .map_or(&[], Vec::as_slice)
+}
+
+/// The owner reference with `controller: true`, if any.
+pub fn controller_ref(obj: &Value) -> Option<&Value> {
+    owner_refs(obj)
+        .iter()
+        .find(|r| r["controller"].as_bool() == Some(true))
+}
+
+/// Whether `obj`'s controller is `owner` (matched by uid).
+pub fn is_controlled_by(obj: &Value, owner: &Value) -> bool {
+    controller_ref(obj).is_some_and(|r| r["uid"].as_str() == Some(uid(owner)))
+}
+
+/// The owner reference a controller puts on what it creates or adopts.
+pub fn controller_owner_ref(owner: &Value, api_version: &str, kind: &str) -> Value {
+    json!({
+        "apiVersion": api_version,
+        "kind": kind,
+        "name": name(owner),
+        "uid": uid(owner),
+        "controller": true,
+        "blockOwnerDeletion": true,
+    })
+}
+
+/// `spec.selector` as a selector; an empty, missing or invalid one selects nothing (apps/v1
+/// refuses such selectors, and adopting every object of a namespace would be worse).
+pub fn spec_selector(obj: &Value) -> LabelSelector {
+    match LabelSelector::from_label_selector_json(&obj["spec"]["selector"]) {
+        Ok(s) if !s.is_everything() => s,
+        _ => LabelSelector::nothing(),
+    }
+}
+
+/// An integer field, `default` when absent.
+pub fn int_at(v: &Value, pointer: &str, default: i64) -> i64 {
+    v.pointer(pointer)
+        .and_then(Value::as_i64)
+        .unwrap_or(default)
+}
+
+/// A pod that counts toward a controller's replicas: not finished, not being deleted.
+pub fn pod_active(pod: &Value) -> bool {
+    !matches!(str_at(pod, "/status/phase"), "Succeeded" | "Failed") && !is_deleting(pod)
+}
+
+/// The condition of `type` in `status.conditions`.
+pub fn condition<'a>(obj: &'a Value, kind: &str) -> Option<&'a Value> {
+    obj.pointer("/status/conditions")
+        .and_then(Value::as_array)?
+        .iter()
+        .find(|c| c["type"].as_str() == Some(kind))
+}
+
+pub fn pod_ready(pod: &Value) -> bool {
+    condition(pod, "Ready").is_some_and(|c| c["status"].as_str() == Some("True"))
+}
+
+/// Whether a pod is available: ready for at least `min_ready_seconds` at `now`. When it is
+/// ready but not yet available, also the seconds left until it will be.
+pub fn pod_available(pod: &Value, min_ready_seconds: i64, now: i64) -> (bool, Option<i64>) {
+    if !pod_ready(pod) {
+        return (false, None);
+    }
+    if min_ready_seconds <= 0 {
+        return (true, None);
+    }
+    let since = condition(pod, "Ready")
+        .and_then(|c| c["lastTransitionTime"].as_str())
+        .and_then(parse_rfc3339);
+    match since {
+        Some(t) if t + min_ready_seconds <= now => (true, None),
+        Some(t) => (false, Some(t + min_ready_seconds - now)),
+        None => (false, None),
+    }
+}
+
+/// Seconds since the epoch of an RFC 3339 timestamp (`2024-05-01T10:00:00Z`, fractions and
+/// offsets allowed).
+pub fn parse_rfc3339(s: &str) -> Option<i64> {
+    let b = s.as_bytes();
+    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
+    let (y, m, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (hh, mm, ss) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    let mut rest = &s[19..];
+    if let Some(frac) = rest.strip_prefix('.') {
+        let digits = frac.bytes().take_while(u8::is_ascii_digit).count();
+        rest = &frac[digits..];
+    }
+    let offset = match rest {
+        "Z" | "z" => 0,
+        _ if rest.len() == 6 && (rest.starts_with('+') || rest.starts_with('-')) => {
+            let h: i64 = rest[1..3].parse().ok()?;
+            let m: i64 = rest[4..6].parse().ok()?;
+            let o = h * 3600 + m * 60;
+            if rest.starts_with('-') {
+                -o
+            } else {
+                o
+            }
+        }
+        _ => return None,
+    };
+    // Days from civil (Howard Hinnant's algorithm), the inverse of objects::rfc3339.
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(days * 86_400 + hh * 3600 + mm * 60 + ss - offset)
+}
+
+/// The seconds since the epoch now.
+pub fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+fn api_error(e: crate::api::status::ApiError) -> anyhow::Error {
+    anyhow!(e.message)
+}
+
+/// The objects under `prefix`, as the API shows them (with resourceVersion).
+pub async fn list(store: &dyn Store, prefix: &str) -> Result<Vec<Value>> {
+    let listed = store.list(prefix, None, 0, None).await?;
+    let mut out = Vec::with_capacity(listed.records.len());
+    for rec in &listed.records {
+        match decode(rec) {
+            Ok(v) => out.push(v),
+            Err(e) => tracing::warn!(key = %rec.key, error = %e.message, "skipping corrupt object"),
+        }
+    }
+    Ok(out)
+}
+
+pub async fn get(store: &dyn Store, key: &str) -> Result<Option<Value>> {
+    match store.get(key).await? {
+        Some(rec) => Ok(Some(decode(&rec).map_err(api_error)?)),
+        None => Ok(None),
+    }
+}
+
+fn revision_of(obj: &Value) -> Result<i64> {
+    str_at(obj, "/metadata/resourceVersion")
+        .parse()
+        .map_err(|_| anyhow!("object {} has no resourceVersion", name(obj)))
+}
+
+/// Creates an object as the API server would: uid, creationTimestamp, generation.
+pub async fn create(store: &dyn Store, r: &Resource, mut obj: Value) -> Result<Value> {
+    let m = &mut obj["metadata"];
+    m["uid"] = json!(objects::new_uid());
+    m["creationTimestamp"] = json!(objects::now_rfc3339());
+    if let Some(map) = m.as_object_mut() {
+        map.remove("resourceVersion");
+    }
+    if obj.get("spec").is_some() {
+        obj["metadata"]["generation"] = json!(1);
+    }
+    let rec = store
+        .create(&key_of(r, &obj), encode(&obj).map_err(api_error)?)
+        .await?;
+    Ok(objects::with_revision(obj, rec.revision))
+}
+
+/// Replaces `old` (as read, with its resourceVersion) by `new`, compare-and-swap; bumps
+/// `metadata.generation` when the spec changed, as the API server does.
+pub async fn update(store: &dyn Store, r: &Resource, old: &Value, mut new: Value) -> Result<Value> {
+    let expected = revision_of(old)?;
+    if new.get("spec").is_some() {
+        let generation = old["metadata"]["generation"].as_i64().unwrap_or(0);
+        let changed = new.get("spec") != old.get("spec");
+        new["metadata"]["generation"] = json!(if changed {
+            generation + 1
+        } else {
+            generation.max(1)
+        });
+    }
+    let rec = store
+        .update(&key_of(r, old), encode(&new).map_err(api_error)?, expected)
+        .await?;
+    Ok(objects::with_revision(new, rec.revision))
+}
+
+/// Deletes an object as the API server does with default options: one with finalizers, or a
+/// pod bound to a node (which its node agent stops first), only gets a deletionTimestamp.
+/// Deleting what is already gone is not an error.
+pub async fn delete(store: &dyn Store, r: &Resource, obj: &Value) -> Result<()> {
+    let finalizers = obj["metadata"]["finalizers"]
+        .as_array()
+        .is_some_and(|f| !f.is_empty());
+    let grace = obj["spec"]["terminationGracePeriodSeconds"]
+        .as_i64()
+        .unwrap_or(30);
+    let graceful = r.kind == "Pod" && obj["spec"]["nodeName"].is_string() && grace > 0;
+    if finalizers || graceful {
+        if is_deleting(obj) {
+            return Ok(());
+        }
+        let mut marked = obj.clone();
+        marked["metadata"]["deletionTimestamp"] = json!(objects::now_rfc3339());
+        if graceful {
+            marked["metadata"]["deletionGracePeriodSeconds"] = json!(grace);
+        }
+        return match update(store, r, obj, marked).await {
+            Err(e) if is_store_error(&e, |s| matches!(s, StoreError::NotFound)) => Ok(()),
+            other => other.map(|_| ()),
+        };
+    }
+    match store.delete(&key_of(r, obj), Some(revision_of(obj)?)).await {
+        Ok(_) | Err(StoreError::NotFound) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// A resource quantity (`100m`, `1.5`, `128Mi`, `1G`, `1e3`) in thousandths of its unit, rounded
+/// up as Kubernetes rounds requests; `None` when it does not parse.
+pub fn parse_quantity(q: &str) -> Option<i128> {
+    let q = q.trim();
+    let split = q
+        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '+' || c == '-'))
+        .unwrap_or(q.len());
+    let (number, suffix) = q.split_at(split);
+    let number: f64 = number.parse().ok()?;
+    let factor: f64 = match suffix {
+        "" => 1.0,
+        "n" => 1e-9,
+        "u" => 1e-6,
+        "m" => 1e-3,
+        "k" => 1e3,
+        "M" => 1e6,
+        "G" => 1e9,
+        "T" => 1e12,
+        "P" => 1e15,
+        "E" => 1e18,
+        "Ki" => 1024.0,
+        "Mi" => 1024.0f64.powi(2),
+        "Gi" => 1024.0f64.powi(3),
+        "Ti" => 1024.0f64.powi(4),
+        "Pi" => 1024.0f64.powi(5),
+        "Ei" => 1024.0f64.powi(6),
+        s if s.starts_with(['e', 'E']) => 10f64.powi(s[1..].parse().ok()?),
+        _ => return None,
+    };
+    let milli = number * factor * 1000.0;
+    // Quantities are exact decimals; absorb the float error before rounding up.
+    Some((milli - 1e-6).ceil().max(0.0) as i128)
+}
+
+/// Whether an error is a store error of some kind.
+pub fn is_store_error(e: &anyhow::Error, f: impl Fn(&StoreError) -> bool) -> bool {
+    e.downcast_ref::<StoreError>().is_some_and(f)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_round_trip() {
+        for t in [0, 951_782_400, 1_700_000_000, 4_102_444_800] {
+            assert_eq!(parse_rfc3339(&objects::rfc3339(t)), Some(t));
+        }
+        assert_eq!(
+            parse_rfc3339("2023-11-14T22:13:20.123456Z"),
+            Some(1_700_000_000)
+        );
+        assert_eq!(
+            parse_rfc3339("2023-11-14T23:13:20+01:00"),
+            Some(1_700_000_000)
+        );
+        assert_eq!(parse_rfc3339("yesterday"), None);
+    }
+
+    #[test]
+    fn quantities() {
+        assert_eq!(parse_quantity("100m"), Some(100));
+        assert_eq!(parse_quantity("1"), Some(1000));
+        assert_eq!(parse_quantity("0.5"), Some(500));
+        assert_eq!(parse_quantity("128Mi"), Some(128 * 1024 * 1024 * 1000));
+        assert_eq!(parse_quantity("1G"), Some(1_000_000_000_000));
+        assert_eq!(parse_quantity("1e3"), Some(1_000_000));
+        assert_eq!(parse_quantity("1.1"), Some(1100));
+        assert_eq!(parse_quantity("lots"), None);
+    }
+
+    #[test]
+    fn availability() {
+        let t = objects::rfc3339(1000);
+        let pod = json!({"status": {"conditions": [
+            {"type": "Ready", "status": "True", "lastTransitionTime": t}]}});
+        assert_eq!(pod_available(&pod, 0, 1000), (true, None));
+        assert_eq!(pod_available(&pod, 10, 1005), (false, Some(5)));
+        assert_eq!(pod_available(&pod, 10, 1010), (true, None));
+        assert_eq!(pod_available(&json!({}), 0, 0), (false, None));
+    }
+
+    #[test]
+    fn owners_and_selectors() {
+        let owner = json!({"metadata": {"name": "web", "uid": "u1"}});
+        let r = controller_owner_ref(&owner, "apps/v1", "ReplicaSet");
+        let pod = json!({"metadata": {"ownerReferences": [r]}});
+        assert!(is_controlled_by(&pod, &owner));
+        assert!(!is_controlled_by(&json!({}), &owner));
+        let everything = json!({"spec": {"selector": {}}});
+        assert!(spec_selector(&everything).is_nothing());
+        let s = spec_selector(&json!({"spec": {"selector": {"matchLabels": {"a": "b"}}}}));
+        assert!(s.matches_object(&json!({"metadata": {"labels": {"a": "b"}}})));
+    }
+}
