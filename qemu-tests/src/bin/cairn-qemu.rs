@@ -83,7 +83,7 @@ fn interactive(board: &str, fresh: bool) -> Result<()> {
     eprintln!(
         "cairn-qemu: booting {} ({}) under software emulation; Ctrl-A X quits QEMU.\n\
          cairn-qemu: the node's API (port 6443) is forwarded to https://127.0.0.1:{port}\n\
-         cairn-qemu: once CAIRN READY is printed: KUBECONFIG={} kubectl get nodes",
+         cairn-qemu: once CAIRN READY is printed: KUBECONFIG={} kubectl get namespaces",
         image.name,
         image.image.display(),
         kubeconfig.display()
