@@ -7,7 +7,11 @@
 //! - 100 watchers: delay from a create request to each watcher receiving its event, p99
 //! - server RSS idle and with 5,000 objects; stripped binary size
 
-use std::io::{BufRead, BufReader, Read, Write};
+#[path = "../tests/common/http.rs"]
+mod http;
+
+use http::Conn;
+use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -67,102 +71,12 @@ fn start_server(binary: &Path) -> Server {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    let token = std::fs::read_to_string(data.join("token"))
-        .expect("token")
-        .trim()
-        .to_string();
-    let ca = std::fs::read(data.join("tls/server-ca.crt")).expect("ca");
-    let mut roots = rustls::RootCertStore::empty();
-    for c in rustls_pemfile::certs(&mut &ca[..]) {
-        roots.add(c.expect("ca cert")).expect("add ca");
-    }
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("tls versions")
-    .with_root_certificates(roots)
-    .with_no_client_auth();
     Server {
         child,
         port,
-        token,
-        tls: Arc::new(tls),
+        token: http::token_for(&data),
+        tls: http::tls_for(&data),
         _dir: dir,
-    }
-}
-
-type Tls = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
-
-/// A keep-alive HTTP/1.1 connection.
-struct Conn {
-    stream: BufReader<Tls>,
-    token: String,
-}
-
-impl Conn {
-    fn open(s: &Server) -> Conn {
-        let tcp = TcpStream::connect(("127.0.0.1", s.port)).expect("connect");
-        tcp.set_nodelay(true).ok();
-        let name = rustls::pki_types::ServerName::try_from("127.0.0.1").expect("name");
-        let conn = rustls::ClientConnection::new(s.tls.clone(), name).expect("tls");
-        Conn {
-            stream: BufReader::new(rustls::StreamOwned::new(conn, tcp)),
-            token: s.token.clone(),
-        }
-    }
-
-    fn request(&mut self, method: &str, path: &str, body: &[u8]) -> (u16, Vec<u8>) {
-        let head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-            self.token,
-            body.len()
-        );
-        let w = self.stream.get_mut();
-        w.write_all(head.as_bytes()).expect("write");
-        w.write_all(body).expect("write body");
-        w.flush().expect("flush");
-        let mut status_line = String::new();
-        self.stream.read_line(&mut status_line).expect("status");
-        let status: u16 = status_line
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
-        let mut len = 0usize;
-        let mut chunked = false;
-        loop {
-            let mut h = String::new();
-            self.stream.read_line(&mut h).expect("header");
-            if h == "\r\n" || h.is_empty() {
-                break;
-            }
-            let lower = h.to_ascii_lowercase();
-            if let Some(v) = lower.strip_prefix("content-length:") {
-                len = v.trim().parse().unwrap_or(0);
-            }
-            if lower.starts_with("transfer-encoding:") && lower.contains("chunked") {
-                chunked = true;
-            }
-        }
-        let mut body = Vec::new();
-        if chunked {
-            loop {
-                let mut size = String::new();
-                self.stream.read_line(&mut size).expect("chunk size");
-                let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-                let mut chunk = vec![0u8; n + 2];
-                self.stream.read_exact(&mut chunk).expect("chunk");
-                if n == 0 {
-                    break;
-                }
-                body.extend_from_slice(&chunk[..n]);
-            }
-        } else {
-            body.resize(len, 0);
-            self.stream.read_exact(&mut body).expect("body");
-        }
-        (status, body)
     }
 }
 
@@ -238,7 +152,7 @@ fn main() {
     let rss_idle = rss_kib(server.child.id());
     let ns = br#"{"apiVersion":"v1","kind":"Namespace","metadata":{"name":"bench"}}"#;
     assert_eq!(
-        Conn::open(&server)
+        Conn::open(server.port, &server.tls, &server.token)
             .request("POST", "/api/v1/namespaces", ns)
             .0,
         201
@@ -251,7 +165,7 @@ fn main() {
         .map(|c| {
             let server = server.clone();
             std::thread::spawn(move || {
-                let mut conn = Conn::open(&server);
+                let mut conn = Conn::open(server.port, &server.tls, &server.token);
                 for i in (c..OBJECTS).step_by(CLIENTS) {
                     let (status, _) = conn.request(
                         "POST",
@@ -270,7 +184,7 @@ fn main() {
     let rss_loaded = rss_kib(server.child.id());
 
     eprintln!("bench: {LISTS} LISTs of {OBJECTS} objects");
-    let mut conn = Conn::open(&server);
+    let mut conn = Conn::open(server.port, &server.tls, &server.token);
     let mut list_ms = Vec::new();
     for _ in 0..LISTS {
         let t = Instant::now();

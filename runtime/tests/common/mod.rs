@@ -3,6 +3,8 @@
 
 #![allow(dead_code)] // each test file uses a different part of this helper
 
+pub mod http;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
