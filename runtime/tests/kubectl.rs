@@ -219,3 +219,196 @@ fn watch_sees_changes() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("configmap/w1"), "{text}");
 }
+
+const CRD: &str = r#"
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: widgets.example.com
+spec:
+  group: example.com
+  scope: Namespaced
+  names: {plural: widgets, singular: widget, kind: Widget, shortNames: [wg]}
+  versions:
+  - name: v1
+    served: true
+    storage: true
+    subresources: {status: {}}
+    additionalPrinterColumns:
+    - {name: Size, type: integer, jsonPath: .spec.size}
+    schema:
+      openAPIV3Schema:
+        type: object
+        x-kubernetes-preserve-unknown-fields: true
+"#;
+
+const WIDGET: &str = r#"
+apiVersion: example.com/v1
+kind: Widget
+metadata: {name: w1}
+spec: {size: 3}
+"#;
+
+#[test]
+fn custom_resource_definitions() {
+    let s = Server::start();
+    // A fresh cache: kubectl 1.32 takes aggregated discovery from /api and /apis and asks
+    // no group for its resources.
+    let out = s.kubectl(&["get", "deploy", "-v=6"]);
+    assert!(out.status.success());
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("/apis?timeout"), "{log}");
+    assert!(!log.contains("/apis/apps/v1?timeout"), "{log}");
+    // Without the aggregated media type in Accept, the legacy documents.
+    let out = s.ok(&["get", "--raw", "/apis"]);
+    assert!(out.contains("\"APIGroupList\""), "{out}");
+    let out = s.ok_stdin(&["apply", "-f", "-"], CRD);
+    assert!(
+        out.contains("customresourcedefinition.apiextensions.k8s.io/widgets.example.com created"),
+        "{out}"
+    );
+    assert_eq!(
+        s.ok(&[
+            "get",
+            "crd",
+            "widgets.example.com",
+            "-o",
+            "jsonpath={.status.conditions[?(@.type==\"Established\")].status}",
+        ]),
+        "True"
+    );
+    let out = s.ok_stdin(&["apply", "-f", "-"], WIDGET);
+    assert!(out.contains("widget.example.com/w1 created"), "{out}");
+    let out = s.ok(&["get", "widgets"]);
+    let header: Vec<&str> = out
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    assert_eq!(header, ["NAME", "SIZE", "AGE"], "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("w1 ") && l.contains(" 3 ")),
+        "{out}"
+    );
+    let out = s.ok_stdin(&["apply", "-f", "-"], &WIDGET.replace("size: 3", "size: 4"));
+    assert!(out.contains("widget.example.com/w1 configured"), "{out}");
+    let yaml = s.ok(&["get", "wg", "w1", "-o", "yaml"]);
+    assert!(
+        yaml.contains("kind: Widget") && yaml.contains("size: 4"),
+        "{yaml}"
+    );
+    s.ok(&[
+        "patch",
+        "wg",
+        "w1",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"size":5}}"#,
+    ]);
+    let smp = s.kubectl(&["patch", "wg", "w1", "-p", r#"{"spec":{"size":6}}"#]);
+    assert!(!smp.status.success(), "strategic merge patch is refused");
+    s.ok(&[
+        "patch",
+        "wg",
+        "w1",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        r#"{"status":{"ready":true}}"#,
+    ]);
+    assert_eq!(
+        s.ok(&[
+            "get",
+            "wg",
+            "w1",
+            "-o",
+            "jsonpath={.spec.size} {.status.ready}"
+        ]),
+        "5 true"
+    );
+    let out = s.ok(&["api-resources", "--api-group=example.com"]);
+    assert!(out.contains("widgets") && out.contains("wg"), "{out}");
+    let out = s.ok(&["delete", "wg", "w1"]);
+    assert!(out.contains("widget.example.com \"w1\" deleted"), "{out}");
+    // Deleting the CRD deletes its objects and stops serving them.
+    s.ok_stdin(&["apply", "-f", "-"], WIDGET);
+    s.ok_stdin(&["delete", "-f", "-"], CRD);
+    let gone = s.kubectl(&[
+        "get",
+        "--raw",
+        "/apis/example.com/v1/namespaces/default/widgets",
+    ]);
+    assert!(!gone.status.success());
+    s.ok_stdin(&["apply", "-f", "-"], CRD);
+    let out = s.ok(&["get", "widgets.example.com", "-o", "name"]);
+    assert_eq!(out.trim(), "", "the objects went with their CRD");
+}
+
+#[test]
+fn namespace_deletion_and_propagation() {
+    let s = Server::start();
+    s.ok(&["create", "ns", "team"]);
+    s.ok(&["create", "cm", "c1", "-n", "team", "--from-literal=a=b"]);
+    // kubectl waits until the namespace controller emptied and removed it.
+    let out = s.ok(&["delete", "ns", "team", "--timeout=30s"]);
+    assert!(out.contains("namespace \"team\" deleted"), "{out}");
+    assert!(!s.kubectl(&["get", "ns", "team"]).status.success());
+    // Foreground and orphan deletions go through their finalizers to the end.
+    s.ok_stdin(&["apply", "-f", "-"], APP);
+    s.ok(&[
+        "delete",
+        "deploy",
+        "web",
+        "--cascade=foreground",
+        "--timeout=30s",
+    ]);
+    assert!(!s.kubectl(&["get", "deploy", "web"]).status.success());
+    s.ok(&["create", "cm", "o1", "--from-literal=a=b"]);
+    s.ok(&["delete", "cm", "o1", "--cascade=orphan", "--timeout=30s"]);
+    assert!(!s.kubectl(&["get", "cm", "o1"]).status.success());
+    let pod = s.ok(&[
+        "run",
+        "p",
+        "--image=nginx",
+        "-o",
+        "jsonpath={.status.phase} {.status.qosClass}",
+    ]);
+    assert_eq!(pod, "Pending BestEffort");
+}
+
+#[test]
+fn field_validation_strict_warn_ignore() {
+    let s = Server::start();
+    let typo = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: typo\ndata:\n  a: \"1\"\ndatta:\n  b: \"2\"\n";
+    // kubectl validates by default and asks the server to be strict.
+    let out = s.with_stdin(&["apply", "-f", "-"], typo);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("unknown field \"datta\""), "{err}");
+    assert!(!s.ok(&["get", "cm", "-o", "name"]).contains("typo"));
+    // Warn: accepted, the field is reported and not stored.
+    let out = s.with_stdin(&["apply", "--validate=warn", "-f", "-"], typo);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown field \"datta\""));
+    let stored: serde_json::Value =
+        serde_json::from_str(&s.ok(&["get", "cm", "typo", "-o", "json"])).expect("json");
+    assert!(
+        stored.get("datta").is_none(),
+        "unknown fields are not stored: {stored}"
+    );
+    assert_eq!(stored["data"]["a"], "1");
+    // Wrong types are refused whatever the mode.
+    let bad = "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: bad\nspec:\n  replicas: two\n  selector: {matchLabels: {a: b}}\n  template:\n    metadata: {labels: {a: b}}\n    spec: {containers: [{name: c, image: i}]}\n";
+    let out = s.with_stdin(&["apply", "--validate=false", "-f", "-"], bad);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("BadRequest")
+            || String::from_utf8_lossy(&out.stderr).contains("cannot be handled")
+    );
+}

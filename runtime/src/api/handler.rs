@@ -1,6 +1,7 @@
 //! One generic REST handler for every kind in the resource table: get, list (selectors,
 //! limit/continue), watch, create, update, patch, delete.
 
+use super::fieldvalidation;
 use super::objects::{self, decode, encode, with_revision};
 use super::patch;
 use super::resources::Resource;
@@ -128,7 +129,7 @@ async fn get(store: &Arc<dyn Store>, req: &Request<'_>, name: &str) -> Result<Re
         .await
         .map_err(|e| store_error(e, r, name))?
         .ok_or_else(|| ApiError::not_found(r.plural, r.group, name))?;
-    let obj = super::table::respond(t.resource, &req.accept, &req.query, decode(&rec)?);
+    let obj = super::table::respond(t.resource, &req.accept, &req.query, decode_for(r, &rec)?);
     Ok(json_response(StatusCode::OK, &obj))
 }
 
@@ -214,7 +215,7 @@ async fn list(store: &Arc<dyn Store>, req: &Request<'_>) -> Result<Response, Api
         })?;
     let mut items = Vec::with_capacity(result.records.len());
     for rec in &result.records {
-        let obj = decode(rec)?;
+        let obj = decode_for(r, rec)?;
         if filters.matches(&obj) {
             items.push(obj);
         }
@@ -283,7 +284,7 @@ async fn watch(store: &Arc<dyn Store>, req: &Request<'_>) -> Result<Response, Ap
                 .await
                 .map_err(|e| store_error(e, r, ""))?;
             for rec in &listed.records {
-                let obj = decode(rec)?;
+                let obj = decode_for(r, rec)?;
                 if filters.matches(&obj) {
                     initial.push(watch_event(
                         "ADDED",
@@ -332,8 +333,8 @@ async fn watch(store: &Arc<dyn Store>, req: &Request<'_>) -> Result<Response, Ap
                         return;
                     };
                     last_rv = ev.record.revision;
-                    let Ok(cur) = decode(&ev.record) else { continue };
-                    let prev = ev.prev.as_ref().and_then(|p| decode(p).ok());
+                    let Ok(cur) = decode_for(r, &ev.record) else { continue };
+                    let prev = ev.prev.as_ref().and_then(|p| decode_for(r, p).ok());
                     let was = prev.as_ref().is_some_and(|p| filters.matches(p));
                     let is = filters.matches(&cur);
                     let kind = match ev.kind {
@@ -458,17 +459,69 @@ fn prepare_new(obj: &mut Value, r: &Resource) {
         obj["spec"]["finalizers"] = json!(["kubernetes"]);
         obj["status"] = json!({"phase": "Active"});
     }
+    if r.kind == "Pod" && r.group.is_empty() {
+        if !obj["status"].is_object() {
+            obj["status"] = json!({});
+        }
+        if !obj["status"]["phase"].is_string() {
+            obj["status"]["phase"] = json!("Pending");
+        }
+        if !obj["status"]["qosClass"].is_string() {
+            obj["status"]["qosClass"] = json!(qos_class(&obj["spec"]));
+        }
+    }
 }
 
-async fn namespace_exists(store: &Arc<dyn Store>, ns: &str) -> Result<bool, ApiError> {
+/// The namespace object `ns`, if it exists.
+async fn namespace_object(store: &Arc<dyn Store>, ns: &str) -> Result<Option<Value>, ApiError> {
     let key = super::resources::find("", "v1", "namespaces")
         .map(|n| n.key(None, ns))
         .unwrap_or_default();
-    Ok(store
+    match store
         .get(&key)
         .await
         .map_err(|e| ApiError::internal(e.to_string()))?
-        .is_some())
+    {
+        Some(rec) => Ok(Some(decode(&rec)?)),
+        None => Ok(None),
+    }
+}
+
+/// The quality-of-service class kube derives from a pod's requests and limits.
+fn qos_class(spec: &Value) -> &'static str {
+    let containers: Vec<&Value> = ["containers", "initContainers"]
+        .iter()
+        .filter_map(|f| spec[*f].as_array())
+        .flatten()
+        .collect();
+    let mut any = false;
+    let mut guaranteed = true;
+    for c in &containers {
+        let requests = c["resources"]["requests"].as_object();
+        let limits = c["resources"]["limits"].as_object();
+        let is_compute = |k: &String| k == "cpu" || k == "memory";
+        if requests.is_some_and(|r| r.keys().any(is_compute))
+            || limits.is_some_and(|l| l.keys().any(is_compute))
+        {
+            any = true;
+        }
+        for res in ["cpu", "memory"] {
+            let limit = limits.and_then(|l| l.get(res));
+            let request = requests.and_then(|r| r.get(res));
+            match (limit, request) {
+                (Some(l), Some(r)) if l == r => {}
+                (Some(_), None) => {}
+                _ => guaranteed = false,
+            }
+        }
+    }
+    if !any {
+        "BestEffort"
+    } else if guaranteed {
+        "Guaranteed"
+    } else {
+        "Burstable"
+    }
 }
 
 async fn create(store: &Arc<dyn Store>, req: &Request<'_>) -> Result<Response, ApiError> {
@@ -497,13 +550,32 @@ async fn create(store: &Arc<dyn Store>, req: &Request<'_>) -> Result<Response, A
         },
     };
     obj["metadata"]["name"] = json!(name);
+    let checked = fieldvalidation::check(r.group, r.kind, &obj, field_mode(req)?)?;
+    obj = checked.object;
     validate(&obj, r)?;
     if let Some(ns) = req.target.namespace.filter(|_| r.namespaced) {
-        if !namespace_exists(store, ns).await? {
-            return Err(ApiError::not_found("namespaces", "", ns));
+        match namespace_object(store, ns).await? {
+            None => return Err(ApiError::not_found("namespaces", "", ns)),
+            Some(n)
+                if n["metadata"]["deletionTimestamp"].is_string()
+                    || n["status"]["phase"] == "Terminating" =>
+            {
+                return Err(ApiError::forbidden(
+                    r.plural,
+                    r.group,
+                    &name,
+                    format!("{} \"{name}\" is forbidden: unable to create new content in namespace {ns} because it is being terminated", super::status::qualified(r.plural, r.group)),
+                ));
+            }
+            Some(_) => {}
         }
     }
     prepare_new(&mut obj, r);
+    let is_crd = super::crd::is_crd(r);
+    if is_crd {
+        super::crd::validate(&obj)?;
+        super::crd::set_status(&mut obj);
+    }
     if req.query.get("dryRun").is_some_and(|d| d == "All") {
         return Ok(json_response(StatusCode::CREATED, &obj));
     }
@@ -511,10 +583,28 @@ async fn create(store: &Arc<dyn Store>, req: &Request<'_>) -> Result<Response, A
         .create(&r.key(req.target.namespace, &name), encode(&obj)?)
         .await
         .map_err(|e| store_error(e, r, &name))?;
-    Ok(json_response(
-        StatusCode::CREATED,
-        &with_revision(obj, rec.revision),
+    if is_crd {
+        super::crd::register(&obj);
+    }
+    Ok(with_warnings(
+        json_response(StatusCode::CREATED, &with_revision(obj, rec.revision)),
+        &checked.warnings,
     ))
+}
+
+/// `fieldValidation` of this request (kube-apiserver's default is Warn).
+fn field_mode(req: &Request<'_>) -> Result<fieldvalidation::Mode, ApiError> {
+    fieldvalidation::Mode::from_query(req.query.get("fieldValidation").map(String::as_str))
+}
+
+/// Adds one `Warning` header per message, as kube-apiserver reports unknown fields.
+fn with_warnings(mut resp: Response, warnings: &[String]) -> Response {
+    for w in warnings {
+        if let Ok(v) = header::HeaderValue::from_str(&fieldvalidation::warning_header(w)) {
+            resp.headers_mut().append(header::WARNING, v);
+        }
+    }
+    resp
 }
 
 /// Keeps what a client may not change on update.
@@ -563,6 +653,12 @@ async fn write_update(
             obj = old.clone();
             obj["status"] = status;
         }
+        Some("finalize") if r.kind == "Namespace" && r.group.is_empty() => {
+            // Only spec.finalizers changes through /finalize.
+            let finalizers = obj["spec"]["finalizers"].clone();
+            obj = old.clone();
+            obj["spec"]["finalizers"] = finalizers;
+        }
         Some(other) => {
             return Err(ApiError::bad_request(format!(
                 "the subresource {other:?} cannot be updated here"
@@ -575,7 +671,14 @@ async fn write_update(
         }
     }
     carry_over(&mut obj, old);
+    let checked = fieldvalidation::check(r.group, r.kind, &obj, field_mode(req)?)?;
+    let mut obj = checked.object;
     validate(&obj, r)?;
+    let is_crd = super::crd::is_crd(r);
+    if is_crd {
+        super::crd::validate(&obj)?;
+        super::crd::set_status(&mut obj);
+    }
     if objects::name_of(&obj) != Some(name) {
         return Err(ApiError::bad_request(format!(
             "the name of the object ({}) does not match the name on the URL ({name})",
@@ -585,14 +688,55 @@ async fn write_update(
     if req.query.get("dryRun").is_some_and(|d| d == "All") {
         return Ok(json_response(StatusCode::OK, &with_revision(obj, expected)));
     }
+    // The last finalizer of an object being deleted is gone: the object goes, as in kube.
+    // A namespace also waits for its spec.finalizers (the namespace controller's).
+    let no_finalizers = obj["metadata"]["finalizers"]
+        .as_array()
+        .is_none_or(|f| f.is_empty())
+        && (r.kind != "Namespace"
+            || !r.group.is_empty()
+            || obj["spec"]["finalizers"]
+                .as_array()
+                .is_none_or(|f| f.is_empty()));
+    if old["metadata"]["deletionTimestamp"].is_string()
+        && no_finalizers
+        && old["metadata"]["deletionGracePeriodSeconds"]
+            .as_i64()
+            .is_none_or(|g| g == 0)
+    {
+        let rec = store
+            .delete(&r.key(req.target.namespace, name), Some(expected))
+            .await
+            .map_err(|e| store_error(e, r, name))?;
+        if is_crd {
+            super::crd::removed(store, &obj).await?;
+        }
+        return Ok(json_response(
+            StatusCode::OK,
+            &with_revision(obj, rec.revision),
+        ));
+    }
     let rec = store
         .update(&r.key(req.target.namespace, name), encode(&obj)?, expected)
         .await
         .map_err(|e| store_error(e, r, name))?;
-    Ok(json_response(
-        StatusCode::OK,
-        &with_revision(obj, rec.revision),
+    if is_crd {
+        super::crd::register(&obj);
+    }
+    Ok(with_warnings(
+        json_response(StatusCode::OK, &with_revision(obj, rec.revision)),
+        &checked.warnings,
     ))
+}
+
+/// A stored object as `r` serves it: a custom object stored through another version of its
+/// CRD is shown with this version's apiVersion (CRDs here have no conversion webhooks).
+fn decode_for(r: &Resource, rec: &crate::store::Record) -> Result<Value, ApiError> {
+    let mut obj = decode(rec)?;
+    if r.custom && obj.is_object() {
+        obj["apiVersion"] = json!(r.api_version());
+    }
+    Ok(obj)
 }
 
 async fn current(
@@ -602,7 +746,7 @@ async fn current(
 ) -> Result<Option<(Value, i64)>, ApiError> {
     let r = t.resource;
     match store.get(&r.key(t.namespace, name)).await {
-        Ok(Some(rec)) => Ok(Some((decode(&rec)?, rec.revision))),
+        Ok(Some(rec)) => Ok(Some((decode_for(r, &rec)?, rec.revision))),
         Ok(None) => Ok(None),
         Err(e) => Err(store_error(e, r, name)),
     }
@@ -671,6 +815,13 @@ async fn patch_object(
             "application/merge-patch+json" => patch::merge_patch(&old, &body),
             "application/json-patch+json" => patch::json_patch(&old, &body)
                 .map_err(|e| ApiError::invalid(r.kind, r.group, name, vec![("patch".into(), e.to_string())]))?,
+            "application/strategic-merge-patch+json" if r.custom => {
+                // As kube-apiserver: custom resources have no strategic merge keys.
+                return Err(ApiError::unsupported_media(
+                    "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml",
+                ));
+            }
+            "application/apply-patch+yaml" if r.custom => patch::merge_patch(&old, &body),
             "application/strategic-merge-patch+json" | "application/apply-patch+yaml" => {
                 patch::strategic_merge_patch_for(r.kind, &old, &body)
                     .map_err(|e| ApiError::invalid(r.kind, r.group, name, vec![("patch".into(), e.to_string())]))?
@@ -715,6 +866,16 @@ async fn delete(
     req: &Request<'_>,
     name: &str,
 ) -> Result<Response, ApiError> {
+    let (code, obj) = delete_one(store, req, name).await?;
+    Ok(json_response(code, &obj))
+}
+
+/// Deletes (or marks for deletion) one object; the status code and the object.
+async fn delete_one(
+    store: &Arc<dyn Store>,
+    req: &Request<'_>,
+    name: &str,
+) -> Result<(StatusCode, Value), ApiError> {
     let r = req.target.resource;
     let (old, rev) = current(store, &req.target, name)
         .await?
@@ -730,61 +891,153 @@ async fn delete(
             return Err(ApiError::conflict(r.plural, r.group, name));
         }
     }
-    let finalizers = old["metadata"]["finalizers"]
+    let policy = propagation_policy(req, &options)?;
+    let mut finalizers: Vec<Value> = old["metadata"]["finalizers"]
         .as_array()
-        .is_some_and(|f| !f.is_empty());
+        .cloned()
+        .unwrap_or_default();
+    let policy_finalizer = match policy {
+        Propagation::Orphan => Some(ORPHAN_FINALIZER),
+        Propagation::Foreground => Some(FOREGROUND_FINALIZER),
+        Propagation::Background | Propagation::Default => None,
+    };
+    if let Some(f) = policy_finalizer {
+        if !finalizers.iter().any(|x| x == f) {
+            finalizers.push(json!(f));
+        }
+        // The policies exclude each other: the last one asked for wins.
+        let other = if f == ORPHAN_FINALIZER {
+            FOREGROUND_FINALIZER
+        } else {
+            ORPHAN_FINALIZER
+        };
+        finalizers.retain(|x| x != other);
+    } else if policy == Propagation::Background {
+        finalizers.retain(|x| x != ORPHAN_FINALIZER && x != FOREGROUND_FINALIZER);
+    }
+    // A namespace is emptied by the namespace controller first; once it removed its
+    // `kubernetes` finalizer, a DELETE removes the namespace.
+    let is_namespace = r.kind == "Namespace"
+        && r.group.is_empty()
+        && !(old["metadata"]["deletionTimestamp"].is_string()
+            && old["spec"]["finalizers"]
+                .as_array()
+                .is_none_or(|f| f.is_empty()));
     // A pod bound to a node is stopped by that node's agent before it disappears.
     let grace = options["gracePeriodSeconds"]
         .as_i64()
+        .or_else(|| {
+            req.query
+                .get("gracePeriodSeconds")
+                .and_then(|g| g.parse().ok())
+        })
         .or_else(|| old["spec"]["terminationGracePeriodSeconds"].as_i64())
         .unwrap_or(30);
     let graceful = r.kind == "Pod" && old["spec"]["nodeName"].is_string() && grace > 0;
-    if finalizers || graceful {
-        if old["metadata"]["deletionTimestamp"].is_string() {
-            return Ok(json_response(StatusCode::OK, &old));
+    if !finalizers.is_empty() || graceful || is_namespace {
+        let already = old["metadata"]["deletionTimestamp"].is_string();
+        let unchanged_finalizers = old["metadata"]["finalizers"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+            == finalizers.as_slice();
+        if already && unchanged_finalizers {
+            let code = if is_namespace {
+                StatusCode::OK
+            } else {
+                StatusCode::ACCEPTED
+            };
+            return Ok((code, old));
         }
         let mut marked = old.clone();
-        marked["metadata"]["deletionTimestamp"] = json!(objects::now_rfc3339());
-        if graceful {
-            marked["metadata"]["deletionGracePeriodSeconds"] = json!(grace);
+        if !already {
+            marked["metadata"]["deletionTimestamp"] = json!(objects::now_rfc3339());
+            marked["metadata"]["deletionGracePeriodSeconds"] =
+                json!(if graceful { grace } else { 0 });
+        }
+        if finalizers.is_empty() {
+            if let Some(m) = marked["metadata"].as_object_mut() {
+                m.remove("finalizers");
+            }
+        } else {
+            marked["metadata"]["finalizers"] = Value::Array(finalizers);
+        }
+        if is_namespace {
+            // The namespace controller empties it, then removes the `kubernetes` finalizer.
+            marked["status"]["phase"] = json!("Terminating");
         }
         let rec = store
             .update(&r.key(req.target.namespace, name), encode(&marked)?, rev)
             .await
             .map_err(|e| store_error(e, r, name))?;
-        return Ok(json_response(
-            StatusCode::ACCEPTED,
-            &with_revision(marked, rec.revision),
-        ));
+        let code = if is_namespace {
+            StatusCode::OK
+        } else {
+            StatusCode::ACCEPTED
+        };
+        return Ok((code, with_revision(marked, rec.revision)));
     }
     let rec = store
         .delete(&r.key(req.target.namespace, name), Some(rev))
         .await
         .map_err(|e| store_error(e, r, name))?;
-    if r.kind == "Namespace" && r.group.is_empty() {
-        delete_namespace_contents(store, name).await?;
+    if super::crd::is_crd(r) {
+        super::crd::removed(store, &old).await?;
     }
-    Ok(json_response(
-        StatusCode::OK,
-        &with_revision(old, rec.revision),
-    ))
+    Ok((StatusCode::OK, with_revision(old, rec.revision)))
 }
 
-/// Removes every namespaced object in `ns` (the namespace controller's job, done at once).
-async fn delete_namespace_contents(store: &Arc<dyn Store>, ns: &str) -> Result<(), ApiError> {
-    for r in super::resources::RESOURCES.iter().filter(|r| r.namespaced) {
-        let listed = store
-            .list(&r.key_prefix(Some(ns)), None, 0, None)
-            .await
-            .map_err(|e| ApiError::internal(e.to_string()))?;
-        for rec in listed.records {
-            match store.delete(&rec.key, None).await {
-                Ok(_) | Err(StoreError::NotFound) => {}
-                Err(e) => return Err(ApiError::internal(e.to_string())),
-            }
+const ORPHAN_FINALIZER: &str = "orphan";
+const FOREGROUND_FINALIZER: &str = "foregroundDeletion";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Propagation {
+    /// Nothing asked: the kind's default (background for every kind served here).
+    Default,
+    Orphan,
+    Background,
+    Foreground,
+}
+
+/// `propagationPolicy` (body or query) or the legacy `orphanDependents`.
+fn propagation_policy(req: &Request<'_>, options: &Value) -> Result<Propagation, ApiError> {
+    let policy = options["propagationPolicy"]
+        .as_str()
+        .map(str::to_string)
+        .or_else(|| req.query.get("propagationPolicy").cloned());
+    let orphan = options["orphanDependents"].as_bool().or_else(|| {
+        match req.query.get("orphanDependents").map(String::as_str) {
+            Some("true") | Some("1") => Some(true),
+            Some("false") | Some("0") => Some(false),
+            _ => None,
         }
+    });
+    match (policy.as_deref(), orphan) {
+        (Some(_), Some(_)) => Err(ApiError::invalid(
+            "DeleteOptions",
+            "",
+            "",
+            vec![(
+                "propagationPolicy".into(),
+                "Invalid value: orphanDependents and deletionPropagation cannot be both set".into(),
+            )],
+        )),
+        (Some("Orphan"), None) => Ok(Propagation::Orphan),
+        (Some("Background"), None) => Ok(Propagation::Background),
+        (Some("Foreground"), None) => Ok(Propagation::Foreground),
+        (Some(other), None) => Err(ApiError::invalid(
+            "DeleteOptions",
+            "",
+            "",
+            vec![(
+                "propagationPolicy".into(),
+                format!("Unsupported value: {other:?}: supported values: \"Foreground\", \"Background\", \"Orphan\", \"nil\""),
+            )],
+        )),
+        (None, Some(true)) => Ok(Propagation::Orphan),
+        (None, Some(false)) => Ok(Propagation::Background),
+        (None, None) => Ok(Propagation::Default),
     }
-    Ok(())
 }
 
 async fn delete_collection(
@@ -799,17 +1052,398 @@ async fn delete_collection(
         .map_err(|e| store_error(e, r, ""))?;
     let mut items = Vec::new();
     for rec in &listed.records {
-        let obj = decode(rec)?;
+        let obj = decode_for(r, rec)?;
         if !filters.matches(&obj) {
             continue;
         }
-        match store.delete(&rec.key, Some(rec.revision)).await {
-            Ok(_) | Err(StoreError::NotFound) => items.push(obj),
-            Err(e) => return Err(store_error(e, r, "")),
+        // Each object goes as a DELETE of it would: finalizers and propagation included.
+        let name = objects::name_of(&obj).unwrap_or_default().to_string();
+        let namespace = obj["metadata"]["namespace"].as_str().map(str::to_string);
+        let one = Request {
+            method: Method::DELETE,
+            target: Target {
+                resource: r,
+                namespace: namespace.as_deref(),
+                name: Some(&name),
+                subresource: None,
+            },
+            query: req.query.clone(),
+            content_type: req.content_type.clone(),
+            accept: String::new(),
+            body: req.body.clone(),
+        };
+        match delete_one(store, &one, &name).await {
+            Ok((_, gone)) => items.push(gone),
+            Err(e) if e.code == StatusCode::NOT_FOUND => {}
+            Err(e) => return Err(e),
         }
     }
     Ok(json_response(
         StatusCode::OK,
         &json!({"kind": format!("{}List", r.kind), "apiVersion": r.api_version(), "metadata": {}, "items": items}),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::resources::find;
+    use crate::store::SqliteStore;
+
+    #[allow(clippy::too_many_arguments)]
+    async fn call(
+        store: &Arc<dyn Store>,
+        method: Method,
+        plural: (&str, &str),
+        namespace: Option<&str>,
+        name: Option<&str>,
+        query: &[(&str, &str)],
+        ct: &str,
+        body: Value,
+    ) -> (StatusCode, Value) {
+        let resp = handle(
+            store,
+            Request {
+                method,
+                target: Target {
+                    resource: find(plural.0, "v1", plural.1).unwrap(),
+                    namespace,
+                    // "name/subresource"
+                    name: name.map(|n| n.split('/').next().unwrap_or(n)),
+                    subresource: name.and_then(|n| n.split('/').nth(1)),
+                },
+                query: query
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+                content_type: ct.into(),
+                accept: String::new(),
+                body: if body.is_null() {
+                    bytes::Bytes::new()
+                } else {
+                    bytes::Bytes::from(body.to_string())
+                },
+            },
+        )
+        .await;
+        let code = resp.status();
+        let bytes = http_body_util::BodyExt::collect(resp.into_body())
+            .await
+            .unwrap()
+            .to_bytes();
+        (code, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    }
+
+    const JSON: &str = "application/json";
+    const CM: (&str, &str) = ("", "configmaps");
+
+    #[tokio::test]
+    async fn deletion_semantics() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.path().join("s.db")).unwrap());
+        let ns = ("", "namespaces");
+        let (c, _) = call(
+            &store,
+            Method::POST,
+            ns,
+            None,
+            None,
+            &[],
+            JSON,
+            json!({"metadata": {"name": "t"}}),
+        )
+        .await;
+        assert_eq!(c, StatusCode::CREATED);
+        for n in ["a", "b", "c"] {
+            let (c, _) = call(
+                &store,
+                Method::POST,
+                CM,
+                Some("t"),
+                None,
+                &[],
+                JSON,
+                json!({"metadata": {"name": n}}),
+            )
+            .await;
+            assert_eq!(c, StatusCode::CREATED);
+        }
+        // Orphan (body) and Foreground (query) add their finalizers and keep the object.
+        let (c, o) = call(
+            &store,
+            Method::DELETE,
+            CM,
+            Some("t"),
+            Some("a"),
+            &[],
+            JSON,
+            json!({"propagationPolicy": "Orphan"}),
+        )
+        .await;
+        assert_eq!(c, StatusCode::ACCEPTED);
+        assert_eq!(o["metadata"]["finalizers"], json!(["orphan"]));
+        assert!(o["metadata"]["deletionTimestamp"].is_string());
+        let (_, o) = call(
+            &store,
+            Method::DELETE,
+            CM,
+            Some("t"),
+            Some("b"),
+            &[("propagationPolicy", "Foreground")],
+            JSON,
+            Value::Null,
+        )
+        .await;
+        assert_eq!(o["metadata"]["finalizers"], json!(["foregroundDeletion"]));
+        let (_, o) = call(
+            &store,
+            Method::DELETE,
+            CM,
+            Some("t"),
+            Some("c"),
+            &[],
+            JSON,
+            json!({"orphanDependents": true}),
+        )
+        .await;
+        assert_eq!(o["metadata"]["finalizers"], json!(["orphan"]));
+        // Removing the last finalizer of an object being deleted deletes it.
+        let (c, _) = call(
+            &store,
+            Method::PATCH,
+            CM,
+            Some("t"),
+            Some("a"),
+            &[],
+            "application/merge-patch+json",
+            json!({"metadata": {"finalizers": null}}),
+        )
+        .await;
+        assert_eq!(c, StatusCode::OK);
+        let (c, _) = call(
+            &store,
+            Method::GET,
+            CM,
+            Some("t"),
+            Some("a"),
+            &[],
+            JSON,
+            Value::Null,
+        )
+        .await;
+        assert_eq!(c, StatusCode::NOT_FOUND);
+        let (_, mut b) = call(
+            &store,
+            Method::GET,
+            CM,
+            Some("t"),
+            Some("b"),
+            &[],
+            JSON,
+            Value::Null,
+        )
+        .await;
+        b["metadata"]["finalizers"] = json!([]);
+        let (c, _) = call(&store, Method::PUT, CM, Some("t"), Some("b"), &[], JSON, b).await;
+        assert_eq!(c, StatusCode::OK);
+        let (c, _) = call(
+            &store,
+            Method::GET,
+            CM,
+            Some("t"),
+            Some("b"),
+            &[],
+            JSON,
+            Value::Null,
+        )
+        .await;
+        assert_eq!(c, StatusCode::NOT_FOUND);
+        // A namespace is marked Terminating, keeps its contents, and refuses new ones.
+        let (c, o) = call(
+            &store,
+            Method::DELETE,
+            ns,
+            None,
+            Some("t"),
+            &[],
+            JSON,
+            Value::Null,
+        )
+        .await;
+        assert_eq!(c, StatusCode::OK);
+        assert_eq!(o["status"]["phase"], "Terminating");
+        assert_eq!(o["spec"]["finalizers"], json!(["kubernetes"]));
+        let (c, _) = call(
+            &store,
+            Method::GET,
+            CM,
+            Some("t"),
+            Some("c"),
+            &[],
+            JSON,
+            Value::Null,
+        )
+        .await;
+        assert_eq!(c, StatusCode::OK);
+        let (c, o) = call(
+            &store,
+            Method::POST,
+            CM,
+            Some("t"),
+            None,
+            &[],
+            JSON,
+            json!({"metadata": {"name": "d"}}),
+        )
+        .await;
+        assert_eq!(c, StatusCode::FORBIDDEN);
+        assert_eq!(o["message"], "configmaps \"d\" is forbidden: unable to create new content in namespace t because it is being terminated");
+        // Other updates keep it; /finalize without the `kubernetes` finalizer removes it.
+        let (c, _) = call(
+            &store,
+            Method::PATCH,
+            ns,
+            None,
+            Some("t"),
+            &[],
+            "application/merge-patch+json",
+            json!({"metadata": {"labels": {"a": "b"}}}),
+        )
+        .await;
+        assert_eq!(c, StatusCode::OK);
+        let (c, _) = call(
+            &store,
+            Method::GET,
+            ns,
+            None,
+            Some("t"),
+            &[],
+            JSON,
+            Value::Null,
+        )
+        .await;
+        assert_eq!(c, StatusCode::OK);
+        let (_, mut t) = call(
+            &store,
+            Method::GET,
+            ns,
+            None,
+            Some("t"),
+            &[],
+            JSON,
+            Value::Null,
+        )
+        .await;
+        t["spec"]["finalizers"] = json!([]);
+        let (c, _) = call(
+            &store,
+            Method::PUT,
+            ns,
+            None,
+            Some("t/finalize"),
+            &[],
+            JSON,
+            t,
+        )
+        .await;
+        assert_eq!(c, StatusCode::OK);
+        let (c, _) = call(
+            &store,
+            Method::GET,
+            ns,
+            None,
+            Some("t"),
+            &[],
+            JSON,
+            Value::Null,
+        )
+        .await;
+        assert_eq!(c, StatusCode::NOT_FOUND);
+        // Background deletes at once; a pod gets its phase and QoS class.
+        let (c, _) = call(
+            &store,
+            Method::POST,
+            CM,
+            Some("default"),
+            None,
+            &[],
+            JSON,
+            json!({"metadata": {"name": "e"}}),
+        )
+        .await;
+        assert_eq!(
+            c,
+            StatusCode::NOT_FOUND,
+            "no default namespace in this store"
+        );
+        let (_, o) = call(
+            &store,
+            Method::POST,
+            ns,
+            None,
+            None,
+            &[],
+            JSON,
+            json!({"metadata": {"name": "default"}}),
+        )
+        .await;
+        assert_eq!(o["status"]["phase"], "Active");
+        call(
+            &store,
+            Method::POST,
+            CM,
+            Some("default"),
+            None,
+            &[],
+            JSON,
+            json!({"metadata": {"name": "e"}}),
+        )
+        .await;
+        let (c, _) = call(
+            &store,
+            Method::DELETE,
+            CM,
+            Some("default"),
+            Some("e"),
+            &[("propagationPolicy", "Background")],
+            JSON,
+            Value::Null,
+        )
+        .await;
+        assert_eq!(c, StatusCode::OK);
+        let (c, _) = call(
+            &store,
+            Method::GET,
+            CM,
+            Some("default"),
+            Some("e"),
+            &[],
+            JSON,
+            Value::Null,
+        )
+        .await;
+        assert_eq!(c, StatusCode::NOT_FOUND);
+        let (_, p) = call(
+            &store,
+            Method::POST,
+            ("", "pods"),
+            Some("default"),
+            None,
+            &[],
+            JSON,
+            json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "c", "image": "x",
+                "resources": {"limits": {"cpu": "1", "memory": "1Gi"}}}]}}),
+        )
+        .await;
+        assert_eq!(p["status"]["phase"], "Pending");
+        assert_eq!(p["status"]["qosClass"], "Guaranteed");
+        assert_eq!(
+            qos_class(&json!({"containers": [{"name": "c"}]})),
+            "BestEffort"
+        );
+        assert_eq!(
+            qos_class(&json!({"containers": [{"resources": {"requests": {"cpu": "1"}}}]})),
+            "Burstable"
+        );
+    }
 }

@@ -1,6 +1,8 @@
 //! The Kubernetes-compatible API: routing of every URL to discovery or the generic handler.
 
+pub mod crd;
 pub mod discovery;
+pub mod fieldvalidation;
 pub mod handler;
 pub mod objects;
 pub mod openapi;
@@ -67,6 +69,24 @@ impl Api {
         }
         if who.is_none() {
             return ApiError::unauthorized().into_response();
+        }
+        let accept = req
+            .headers()
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        if matches!(segments.as_slice(), ["api"] | ["apis"]) && discovery::wants_aggregated(accept)
+        {
+            let doc = discovery::aggregated(segments == ["api"]);
+            return (
+                StatusCode::OK,
+                [
+                    (header::CONTENT_TYPE, discovery::AGGREGATED_CONTENT_TYPE),
+                    (header::VARY, "Accept"),
+                ],
+                serde_json::to_vec(&doc).unwrap_or_default(),
+            )
+                .into_response();
         }
         match segments.as_slice() {
             ["api"] => json_ok(discovery::api_versions()),

@@ -18,7 +18,7 @@
 //! types, which is right for every built-in kind (the server still accepts strategic merge
 //! patches). Set [`ADVERTISE_STRATEGIC_MERGE`] once the schemas are complete.
 
-use super::resources::{group_versions, Resource, RESOURCES};
+use super::resources::{builtin_group_versions as group_versions, Resource, RESOURCES};
 use super::status::ApiError;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};

@@ -15,6 +15,10 @@ pub struct Resource {
     pub fields: &'static [&'static str],
     pub subresources: &'static [&'static str],
     pub categories: &'static [&'static str],
+    /// Served from a CustomResourceDefinition (see [`Registry`]).
+    pub custom: bool,
+    /// A CRD's additionalPrinterColumns: (name, type, JSONPath).
+    pub printer_columns: &'static [(&'static str, &'static str, &'static str)],
 }
 
 const R: Resource = Resource {
@@ -28,6 +32,8 @@ const R: Resource = Resource {
     fields: &[],
     subresources: &[],
     categories: &[],
+    custom: false,
+    printer_columns: &[],
 };
 
 pub const RESOURCES: &[Resource] = &[
@@ -260,10 +266,109 @@ impl Resource {
     }
 }
 
+/// The resources served from CustomResourceDefinitions, beside the built-in [`RESOURCES`].
+///
+/// Entries are `&'static Resource` like the built-ins, so every caller (handler targets,
+/// controllers, tables) keeps using plain `&'static Resource`. They are leaked once per
+/// distinct CRD definition: a bounded, small set (an unchanged CRD reuses its entry), in
+/// exchange for no lifetimes or `Arc`s anywhere else.
+static DYNAMIC: std::sync::RwLock<Vec<&'static Resource>> = std::sync::RwLock::new(Vec::new());
+
+fn dynamic() -> Vec<&'static Resource> {
+    DYNAMIC.read().unwrap_or_else(|e| e.into_inner()).clone()
+}
+
+/// Every resource served now: the built-ins, then the custom resources.
+pub fn all() -> Vec<&'static Resource> {
+    RESOURCES.iter().chain(dynamic()).collect()
+}
+
+/// Replaces the custom resources of the CRD `crd_name` ("plural.group") with `entries`
+/// (none when the CRD is gone). Entries equal to ones already served are reused.
+pub fn set_custom(crd_name: &str, entries: Vec<Resource>) {
+    let mut dynamic = DYNAMIC.write().unwrap_or_else(|e| e.into_inner());
+    let old: Vec<&'static Resource> = dynamic
+        .iter()
+        .copied()
+        .filter(|r| format!("{}.{}", r.plural, r.group) == crd_name)
+        .collect();
+    dynamic.retain(|r| format!("{}.{}", r.plural, r.group) != crd_name);
+    for e in entries {
+        let kept = old.iter().copied().find(|o| **o == e);
+        dynamic.push(kept.unwrap_or_else(|| Box::leak(Box::new(e))));
+    }
+}
+
+type Columns = &'static [(&'static str, &'static str, &'static str)];
+
+#[derive(Default)]
+struct Interned {
+    strs: std::collections::HashSet<&'static str>,
+    lists: std::collections::HashSet<&'static [&'static str]>,
+    columns: std::collections::HashSet<Columns>,
+}
+
+static INTERNED: std::sync::Mutex<Option<Interned>> = std::sync::Mutex::new(None);
+
+fn with_interned<T>(f: impl FnOnce(&mut Interned) -> T) -> T {
+    let mut g = INTERNED.lock().unwrap_or_else(|e| e.into_inner());
+    f(g.get_or_insert_with(Interned::default))
+}
+
+/// A `'static` copy of `s` for a custom resource's entry, leaked once per distinct string.
+pub fn intern(s: &str) -> &'static str {
+    with_interned(|i| match i.strs.get(s) {
+        Some(x) => *x,
+        None => {
+            let x: &'static str = Box::leak(s.to_string().into_boxed_str());
+            i.strs.insert(x);
+            x
+        }
+    })
+}
+
+/// A `'static` list of strings, leaked once per distinct list.
+pub fn intern_list(v: &[String]) -> &'static [&'static str] {
+    let items: Vec<&'static str> = v.iter().map(|s| intern(s)).collect();
+    with_interned(|i| match i.lists.get(items.as_slice()) {
+        Some(x) => *x,
+        None => {
+            let x: &'static [&'static str] = Box::leak(items.into_boxed_slice());
+            i.lists.insert(x);
+            x
+        }
+    })
+}
+
+/// `'static` printer columns (name, type, JSONPath), leaked once per distinct list.
+pub fn intern_columns(v: &[(String, String, String)]) -> Columns {
+    let items: Vec<(&'static str, &'static str, &'static str)> = v
+        .iter()
+        .map(|(a, b, c)| (intern(a), intern(b), intern(c)))
+        .collect();
+    with_interned(|i| match i.columns.get(items.as_slice()) {
+        Some(x) => *x,
+        None => {
+            let x: Columns = Box::leak(items.into_boxed_slice());
+            i.columns.insert(x);
+            x
+        }
+    })
+}
+
 /// Every group/version served, core first (the order discovery reports).
 pub fn group_versions() -> Vec<(&'static str, &'static str)> {
+    gvs(all())
+}
+
+/// The group/versions of the built-in kinds only (what the OpenAPI documents describe).
+pub fn builtin_group_versions() -> Vec<(&'static str, &'static str)> {
+    gvs(RESOURCES.iter().collect())
+}
+
+fn gvs(resources: Vec<&'static Resource>) -> Vec<(&'static str, &'static str)> {
     let mut out: Vec<(&str, &str)> = Vec::new();
-    for r in RESOURCES {
+    for r in resources {
         if !out.contains(&(r.group, r.version)) {
             out.push((r.group, r.version));
         }
@@ -275,6 +380,11 @@ pub fn find(group: &str, version: &str, plural: &str) -> Option<&'static Resourc
     RESOURCES
         .iter()
         .find(|r| r.group == group && r.version == version && r.plural == plural)
+        .or_else(|| {
+            dynamic()
+                .into_iter()
+                .find(|r| r.group == group && r.version == version && r.plural == plural)
+        })
 }
 
 #[cfg(test)]

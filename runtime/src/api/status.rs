@@ -90,6 +90,18 @@ impl ApiError {
         e
     }
 
+    /// 403 for a request the server refuses on its own rules (not authorization).
+    pub fn forbidden(
+        resource: &str,
+        group: &str,
+        name: &str,
+        message: impl Into<String>,
+    ) -> ApiError {
+        let mut e = Self::new(StatusCode::FORBIDDEN, "Forbidden", message);
+        e.details = Some(json!({"name": name, "group": group, "kind": resource}));
+        e
+    }
+
     pub fn gone(message: impl Into<String>) -> ApiError {
         Self::new(StatusCode::GONE, "Expired", message)
     }
@@ -147,7 +159,7 @@ impl ApiError {
     }
 }
 
-fn qualified(resource: &str, group: &str) -> String {
+pub fn qualified(resource: &str, group: &str) -> String {
     if group.is_empty() {
         resource.to_string()
     } else {

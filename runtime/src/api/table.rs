@@ -86,6 +86,9 @@ pub fn table_for(
     include_object: IncludeObject,
     now: i64,
 ) -> Value {
+    if resource.custom && !resource.printer_columns.is_empty() {
+        return custom_table(resource, objects, include_object, now);
+    }
     let printer = printer_for(resource);
     let columns: Vec<Value> = printer
         .columns
@@ -120,6 +123,70 @@ pub fn table_for(
         "columnDefinitions": columns,
         "rows": rows,
     })
+}
+
+/// A custom resource's Table: Name, its CRD's additionalPrinterColumns, then Age.
+fn custom_table(
+    resource: &Resource,
+    objects: &[Value],
+    include_object: IncludeObject,
+    now: i64,
+) -> Value {
+    let has_age = resource.printer_columns.iter().any(|(n, _, _)| *n == "Age");
+    let mut columns = vec![
+        json!({"name": "Name", "type": "string", "format": "name", "description": "Name must be unique within a namespace.", "priority": 0}),
+    ];
+    for (n, ty, path) in resource.printer_columns {
+        let ty = if *ty == "date" { "date" } else { ty };
+        columns.push(json!({"name": n, "type": ty, "format": "", "description": format!("Custom resource definition column (in JSONPath format): {path}"), "priority": 0}));
+    }
+    if !has_age {
+        columns.push(json!({"name": "Age", "type": "date", "format": "", "description": "CreationTimestamp is a timestamp representing the server time when this object was created.", "priority": 0}));
+    }
+    let rows: Vec<Value> = objects
+        .iter()
+        .map(|obj| {
+            let mut cells = vec![name(obj)];
+            for (_, ty, path) in resource.printer_columns {
+                let v = simple_json_path(obj, path);
+                cells.push(match (*ty, v) {
+                    (_, None) => Value::Null,
+                    ("date", Some(v)) => json!(since(v, now)),
+                    (_, Some(v)) => v.clone(),
+                });
+            }
+            if !has_age {
+                cells.push(age(obj, now));
+            }
+            json!({"cells": cells, "object": row_object(obj, include_object)})
+        })
+        .collect();
+    json!({
+        "kind": "Table",
+        "apiVersion": "meta.k8s.io/v1",
+        "metadata": {},
+        "columnDefinitions": columns,
+        "rows": rows,
+    })
+}
+
+/// The value at a simple JSONPath (`.spec.replicas`, `{.status.phase}`, `.a[0].b`).
+fn simple_json_path<'a>(obj: &'a Value, path: &str) -> Option<&'a Value> {
+    let path = path.trim().trim_start_matches('{').trim_end_matches('}');
+    let mut cur = obj;
+    for part in path.split('.').filter(|p| !p.is_empty()) {
+        let (field, index) = match part.split_once('[') {
+            Some((f, rest)) => (f, rest.trim_end_matches(']').parse::<usize>().ok()),
+            None => (part, None),
+        };
+        if !field.is_empty() {
+            cur = cur.get(field)?;
+        }
+        if let Some(i) = index {
+            cur = cur.get(i)?;
+        }
+    }
+    (!cur.is_null()).then_some(cur)
 }
 
 /// A `…List` answer as a Table, keeping its resourceVersion and continue token.

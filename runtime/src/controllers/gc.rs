@@ -17,7 +17,7 @@
 use super::util::{self, str_at};
 use super::Controller;
 use crate::api::objects::decode;
-use crate::api::resources::{Resource, RESOURCES};
+use crate::api::resources::{self, Resource};
 use crate::store::{Event, EventKind, Store};
 use anyhow::Result;
 use async_trait::async_trait;
@@ -167,8 +167,8 @@ pub struct GarbageCollector {
 
 /// The resource a key belongs to, and whether the key is namespaced.
 fn resource_of_key(key: &str) -> Option<&'static Resource> {
-    RESOURCES
-        .iter()
+    resources::all()
+        .into_iter()
         .filter(|r| key.starts_with(&r.key_prefix(None)))
         .max_by_key(|r| r.key_prefix(None).len())
 }
@@ -178,8 +178,8 @@ fn resource_of_ref(r: &Value) -> Option<&'static Resource> {
     let api_version = str_at(r, "/apiVersion");
     let group = api_version.rsplit_once('/').map_or("", |(g, _)| g);
     let kind = str_at(r, "/kind");
-    RESOURCES
-        .iter()
+    resources::all()
+        .into_iter()
         .find(|x| x.group == group && x.kind == kind)
 }
 

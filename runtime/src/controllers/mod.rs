@@ -17,10 +17,18 @@
 //! delete as the API does (objects with finalizers, and pods bound to a node, are marked with
 //! a deletionTimestamp instead of removed).
 
+pub mod cronjob;
+pub mod daemonset;
 pub mod deployment;
+pub mod endpoints;
 pub mod gc;
+pub mod job;
+pub mod namespace;
+pub mod nodelifecycle;
 pub mod replicaset;
 pub mod scheduler;
+pub mod service;
+pub mod statefulset;
 pub(crate) mod util;
 
 #[cfg(test)]
@@ -77,6 +85,10 @@ pub fn spawn_all(store: Arc<dyn Store>) -> Vec<JoinHandle<()>> {
     vec![
         spawn(replicaset::ReplicaSetController, store.clone(), opts),
         spawn(deployment::DeploymentController, store.clone(), opts),
+        spawn(daemonset::DaemonSetController, store.clone(), opts),
+        spawn(statefulset::StatefulSetController, store.clone(), opts),
+        spawn(job::JobController, store.clone(), opts),
+        spawn(cronjob::CronJobController::default(), store.clone(), opts),
         // The collector's resync lists every key; its index follows the watch anyway.
         spawn(
             gc::GarbageCollector::default(),
@@ -84,6 +96,18 @@ pub fn spawn_all(store: Arc<dyn Store>) -> Vec<JoinHandle<()>> {
             LoopOptions {
                 resync: Duration::from_secs(300),
             },
+        ),
+        spawn(service::ServiceController, store.clone(), opts),
+        spawn(
+            endpoints::EndpointsController::default(),
+            store.clone(),
+            opts,
+        ),
+        spawn(namespace::NamespaceController, store.clone(), opts),
+        spawn(
+            nodelifecycle::NodeLifecycleController::default(),
+            store.clone(),
+            opts,
         ),
         spawn(scheduler::Scheduler, store, opts),
     ]

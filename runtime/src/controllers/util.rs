@@ -29,6 +29,22 @@ pub fn deployments() -> &'static Resource {
     resource("apps", "deployments")
 }
 
+pub fn daemonsets() -> &'static Resource {
+    resource("apps", "daemonsets")
+}
+
+pub fn statefulsets() -> &'static Resource {
+    resource("apps", "statefulsets")
+}
+
+pub fn jobs() -> &'static Resource {
+    resource("batch", "jobs")
+}
+
+pub fn cronjobs() -> &'static Resource {
+    resource("batch", "cronjobs")
+}
+
 /// The string at a JSON pointer, "" when absent.
 pub fn str_at<'a>(v: &'a Value, pointer: &str) -> &'a str {
     v.pointer(pointer).and_then(Value::as_str).unwrap_or("")
@@ -317,6 +333,82 @@ pub fn parse_quantity(q: &str) -> Option<i128> {
     let milli = number * factor * 1000.0;
     // Quantities are exact decimals; absorb the float error before rounding up.
     Some((milli - 1e-6).ceil().max(0.0) as i128)
+}
+
+/// A new pod from a pod template (`spec.template` of a workload), controlled by `owner`
+/// (`api_version`/`kind`), with `extra_labels` added. Named `name`, or `<owner name>-<random>`
+/// with `generateName` when `name` is `None`.
+pub fn pod_from_template(
+    owner: &Value,
+    api_version: &str,
+    kind: &str,
+    name: Option<&str>,
+    extra_labels: &[(&str, &str)],
+) -> Value {
+    let template = &owner["spec"]["template"];
+    let mut metadata = json!({
+        "namespace": namespace(owner),
+        "ownerReferences": [controller_owner_ref(owner, api_version, kind)],
+    });
+    match name {
+        Some(n) => metadata["name"] = json!(n),
+        None => {
+            let mut prefix = format!("{}-", self::name(owner));
+            if prefix.len() > 58 {
+                prefix.truncate(58);
+            }
+            metadata["name"] = json!(objects::generated_name(&prefix));
+            metadata["generateName"] = json!(format!("{}-", self::name(owner)));
+        }
+    }
+    for field in ["labels", "annotations", "finalizers"] {
+        if let Some(v) = template["metadata"].get(field).filter(|v| !v.is_null()) {
+            metadata[field] = v.clone();
+        }
+    }
+    if !extra_labels.is_empty() && !metadata["labels"].is_object() {
+        metadata["labels"] = json!({});
+    }
+    for (k, v) in extra_labels {
+        metadata["labels"][*k] = json!(v);
+    }
+    let spec = template.get("spec").cloned().unwrap_or_else(|| json!({}));
+    let qos = super::replicaset::qos_class(&spec);
+    json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": metadata,
+        "spec": spec,
+        "status": {"phase": "Pending", "qosClass": qos},
+    })
+}
+
+/// Creates an object; when its name was generated (`generateName`) and is taken, tries again
+/// with another random suffix.
+pub async fn create_generated(store: &dyn Store, r: &Resource, mut obj: Value) -> Result<Value> {
+    let mut tries = 0;
+    loop {
+        match create(store, r, obj.clone()).await {
+            Err(e)
+                if tries < 5
+                    && obj["metadata"]["generateName"].is_string()
+                    && is_store_error(&e, |s| matches!(s, StoreError::AlreadyExists)) =>
+            {
+                tries += 1;
+                let prefix = str_at(&obj, "/metadata/generateName").to_string();
+                obj["metadata"]["name"] = json!(objects::generated_name(&prefix));
+            }
+            other => return other,
+        }
+    }
+}
+
+/// The store key of `obj`'s controller when it is a `kind` of `api_group` (e.g. "apps").
+pub fn controller_key(obj: &Value, api_group: &str, kind: &str, r: &Resource) -> Option<String> {
+    let c = controller_ref(obj)?;
+    let group = str_at(c, "/apiVersion").split('/').next().unwrap_or("");
+    (c["kind"] == kind && group == api_group)
+        .then(|| r.key(Some(namespace(obj)), str_at(c, "/name")))
 }
 
 /// Whether an error is a store error of some kind.

@@ -81,6 +81,7 @@ fn local_addresses() -> Vec<IpAddr> {
 }
 
 async fn bootstrap(store: &Arc<dyn Store>) -> Result<()> {
+    crate::api::crd::load(store).await?;
     let ns = crate::api::resources::find("", "v1", "namespaces").context("namespaces resource")?;
     for name in SYSTEM_NAMESPACES {
         let key = ns.key(None, name);
