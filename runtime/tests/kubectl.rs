@@ -412,3 +412,53 @@ fn field_validation_strict_warn_ignore() {
             || String::from_utf8_lossy(&out.stderr).contains("cannot be handled")
     );
 }
+
+#[test]
+fn server_side_apply_conflicts_and_managed_fields() {
+    let s = Server::start();
+    // kubectl (the default manager) keeps the label after losing data.key to "other".
+    let cm = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: ssa\n  labels: {app: ssa}\ndata:\n  key: one\n";
+    let out = s.ok_stdin(&["apply", "--server-side", "-f", "-"], cm);
+    assert!(out.contains("configmap/ssa serverside-applied"), "{out}");
+
+    let other = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: ssa\ndata:\n  key: two\n";
+    let failed = s.with_stdin(
+        &["apply", "--server-side", "--field-manager=other", "-f", "-"],
+        other,
+    );
+    assert!(!failed.status.success());
+    let err = String::from_utf8_lossy(&failed.stderr);
+    assert!(err.contains("conflict"), "{err}");
+    assert!(err.contains(".data.key"), "{err}");
+    assert_eq!(
+        s.ok(&["get", "cm", "ssa", "-o", "jsonpath={.data.key}"]),
+        "one"
+    );
+
+    let out = s.ok_stdin(
+        &[
+            "apply",
+            "--server-side",
+            "--field-manager=other",
+            "--force-conflicts",
+            "-f",
+            "-",
+        ],
+        other,
+    );
+    assert!(out.contains("serverside-applied"), "{out}");
+    assert_eq!(
+        s.ok(&["get", "cm", "ssa", "-o", "jsonpath={.data.key}"]),
+        "two"
+    );
+    let yaml = s.ok(&["get", "cm", "ssa", "-o", "yaml", "--show-managed-fields"]);
+    assert!(yaml.contains("managedFields"), "{yaml}");
+    assert!(yaml.contains("manager: kubectl"), "{yaml}");
+    assert!(yaml.contains("manager: other"), "{yaml}");
+    assert!(yaml.contains("f:key"), "{yaml}");
+    assert!(yaml.contains("f:app"), "{yaml}");
+    assert_eq!(
+        s.ok(&["get", "cm", "ssa", "-o", "jsonpath={.metadata.labels.app}"]),
+        "ssa"
+    );
+}

@@ -1,6 +1,7 @@
 //! One generic REST handler for every kind in the resource table: get, list (selectors,
 //! limit/continue), watch, create, update, patch, delete.
 
+use super::apply;
 use super::fieldvalidation;
 use super::objects::{self, decode, encode, with_revision};
 use super::patch;
@@ -571,6 +572,10 @@ async fn create(store: &Arc<dyn Store>, req: &Request<'_>) -> Result<Response, A
         }
     }
     prepare_new(&mut obj, r);
+    if req.content_type != apply::APPLY_CONTENT_TYPE {
+        let (manager, version) = (apply::manager(&req.query), r.api_version());
+        apply::record_update(r.kind, r.custom, &version, None, None, &mut obj, &manager);
+    }
     let is_crd = super::crd::is_crd(r);
     if is_crd {
         super::crd::validate(&obj)?;
@@ -669,6 +674,12 @@ async fn write_update(
                 obj["status"] = old["status"].clone();
             }
         }
+    }
+    if req.content_type != apply::APPLY_CONTENT_TYPE {
+        let manager = apply::manager(&req.query);
+        let (kind, version) = (r.kind, r.api_version());
+        let sub = req.target.subresource;
+        apply::record_update(kind, r.custom, &version, sub, Some(old), &mut obj, &manager);
     }
     carry_over(&mut obj, old);
     let checked = fieldvalidation::check(r.group, r.kind, &obj, field_mode(req)?)?;
@@ -789,6 +800,20 @@ async fn patch_object(
         .trim()
         .to_string();
     let body = parse_body(req)?;
+    let is_apply = ct == apply::APPLY_CONTENT_TYPE;
+    if is_apply && req.query.get("fieldManager").is_none_or(|m| m.is_empty()) {
+        return Err(ApiError::bad_request(
+            "PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch",
+        ));
+    }
+    let apply_req = apply::ApplyRequest {
+        kind: r.kind,
+        group: r.group,
+        custom: r.custom,
+        api_version: &r.api_version(),
+        manager: req.query.get("fieldManager").map_or("", String::as_str),
+        force: is_true(req.query.get("force")),
+    };
     // A conflicting writer between our read and write is retried, as kube-apiserver does.
     for _ in 0..5 {
         let existing = current(store, &req.target, name).await?;
@@ -803,9 +828,9 @@ async fn patch_object(
                         ..req.target.clone_ref()
                     },
                     query: req.query.clone(),
-                    content_type: "application/json".into(),
+                    content_type: apply::APPLY_CONTENT_TYPE.into(),
                     accept: String::new(),
-                    body: req.body.clone(),
+                    body: encode(&apply::apply(&apply_req, None, &body)?)?.into(),
                 };
                 return create(store, &create_req).await;
             }
@@ -821,8 +846,8 @@ async fn patch_object(
                     "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml",
                 ));
             }
-            "application/apply-patch+yaml" if r.custom => patch::merge_patch(&old, &body),
-            "application/strategic-merge-patch+json" | "application/apply-patch+yaml" => {
+            apply::APPLY_CONTENT_TYPE => apply::apply(&apply_req, Some(&old), &body)?,
+            "application/strategic-merge-patch+json" => {
                 patch::strategic_merge_patch_for(r.kind, &old, &body)
                     .map_err(|e| ApiError::invalid(r.kind, r.group, name, vec![("patch".into(), e.to_string())]))?
             }
@@ -837,7 +862,7 @@ async fn patch_object(
             method: Method::PUT,
             target: req.target.clone_ref(),
             query: req.query.clone(),
-            content_type: String::new(),
+            content_type: ct.clone(),
             accept: String::new(),
             body: bytes::Bytes::new(),
         };

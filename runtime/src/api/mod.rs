@@ -1,5 +1,6 @@
 //! The Kubernetes-compatible API: routing of every URL to discovery or the generic handler.
 
+pub mod apply;
 pub mod crd;
 pub mod discovery;
 pub mod fieldvalidation;
