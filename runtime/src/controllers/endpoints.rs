@@ -464,6 +464,7 @@ impl Controller for EndpointsController {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::controllers::testkit::{eventually, open_store, opts};
 
     fn svc(ports: Value) -> Value {
         json!({"apiVersion": "v1", "kind": "Service",
@@ -585,36 +586,6 @@ mod tests {
         assert_eq!((u.len(), c.len(), d.len()), (0, 1, 0));
         let (u, c, d) = plan_slices(&s, &[], &[existing]);
         assert_eq!((u.len(), c.len(), d.len()), (0, 0, 1));
-    }
-
-    async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
-    where
-        F: FnMut() -> Fut,
-        Fut: std::future::Future<Output = Option<T>>,
-    {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(8);
-        loop {
-            if let Some(v) = f().await {
-                return v;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "timed out waiting for {what}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    fn open_store(dir: &tempfile::TempDir) -> std::sync::Arc<dyn Store> {
-        std::sync::Arc::new(
-            crate::store::SqliteStore::open(&dir.path().join("state.db")).expect("open store"),
-        )
-    }
-
-    fn opts() -> crate::controllers::LoopOptions {
-        crate::controllers::LoopOptions {
-            resync: Duration::from_secs(2),
-        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

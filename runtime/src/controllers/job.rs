@@ -442,23 +442,7 @@ pub(crate) mod tests {
     }
 
     /// Polls `f` until it returns something (8 s at most).
-    pub(crate) async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
-    where
-        F: FnMut() -> Fut,
-        Fut: std::future::Future<Output = Option<T>>,
-    {
-        let deadline = std::time::Instant::now() + Duration::from_secs(8);
-        loop {
-            if let Some(v) = f().await {
-                return v;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "timed out waiting for {what}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
+    pub(crate) use crate::controllers::testkit::eventually;
 
     pub(crate) fn temp_store() -> (tempfile::TempDir, std::sync::Arc<dyn Store>) {
         let dir = tempfile::tempdir().expect("tempdir");

@@ -32,6 +32,8 @@ pub mod statefulset;
 pub(crate) mod util;
 
 #[cfg(test)]
+mod testkit;
+#[cfg(test)]
 mod tests;
 
 use crate::store::{Event, Revision, Store};

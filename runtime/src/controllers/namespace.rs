@@ -292,6 +292,7 @@ impl Controller for NamespaceController {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::controllers::testkit::{eventually, open_store, opts};
 
     fn ns(spec_fin: Value) -> Value {
         json!({"metadata": {"name": "team", "deletionTimestamp": "2024-01-01T00:00:00Z"},
@@ -345,36 +346,6 @@ mod tests {
             f => panic!("unexpected {f:?}"),
         }
         assert_eq!(finish(&ns(json!(["other"]))), Finish::Wait);
-    }
-
-    async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
-    where
-        F: FnMut() -> Fut,
-        Fut: std::future::Future<Output = Option<T>>,
-    {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(8);
-        loop {
-            if let Some(v) = f().await {
-                return v;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "timed out waiting for {what}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    fn open_store(dir: &tempfile::TempDir) -> std::sync::Arc<dyn Store> {
-        std::sync::Arc::new(
-            crate::store::SqliteStore::open(&dir.path().join("state.db")).expect("open store"),
-        )
-    }
-
-    fn opts() -> crate::controllers::LoopOptions {
-        crate::controllers::LoopOptions {
-            resync: Duration::from_secs(2),
-        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

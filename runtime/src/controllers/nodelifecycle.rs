@@ -335,6 +335,7 @@ impl Controller for NodeLifecycleController {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::controllers::testkit::{eventually, open_store, opts};
 
     fn node(ready: &str) -> Value {
         json!({"metadata": {"name": "n1", "creationTimestamp": rfc3339(0)},
@@ -466,36 +467,6 @@ mod tests {
             ),
             None
         );
-    }
-
-    async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
-    where
-        F: FnMut() -> Fut,
-        Fut: std::future::Future<Output = Option<T>>,
-    {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(8);
-        loop {
-            if let Some(v) = f().await {
-                return v;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "timed out waiting for {what}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    fn open_store(dir: &tempfile::TempDir) -> std::sync::Arc<dyn Store> {
-        std::sync::Arc::new(
-            crate::store::SqliteStore::open(&dir.path().join("state.db")).expect("open store"),
-        )
-    }
-
-    fn opts() -> crate::controllers::LoopOptions {
-        crate::controllers::LoopOptions {
-            resync: Duration::from_secs(2),
-        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -251,6 +251,7 @@ impl Controller for ServiceController {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::controllers::testkit::{eventually, open_store, opts};
 
     fn svc(name: &str, spec: Value) -> Value {
         json!({"apiVersion": "v1", "kind": "Service",
@@ -339,36 +340,6 @@ mod tests {
             kubernetes_service(Some(&broken)).unwrap()["spec"],
             k["spec"]
         );
-    }
-
-    async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
-    where
-        F: FnMut() -> Fut,
-        Fut: std::future::Future<Output = Option<T>>,
-    {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(8);
-        loop {
-            if let Some(v) = f().await {
-                return v;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "timed out waiting for {what}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    fn open_store(dir: &tempfile::TempDir) -> std::sync::Arc<dyn Store> {
-        std::sync::Arc::new(
-            crate::store::SqliteStore::open(&dir.path().join("state.db")).expect("open store"),
-        )
-    }
-
-    fn opts() -> crate::controllers::LoopOptions {
-        crate::controllers::LoopOptions {
-            resync: Duration::from_secs(2),
-        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

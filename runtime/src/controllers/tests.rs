@@ -5,22 +5,8 @@ use super::util;
 use super::*;
 use crate::store::SqliteStore;
 use serde_json::{json, Value};
-use std::future::Future;
 
-async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + Duration::from_secs(8);
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
+use super::testkit::eventually;
 
 async fn list(store: &dyn Store, r: &crate::api::resources::Resource) -> Vec<Value> {
     util::list(store, &r.key_prefix(Some("default")))
