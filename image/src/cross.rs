@@ -3,7 +3,6 @@
 //! own Debian suite. No cross gcc and no change to the host's dpkg architectures needed.
 
 use crate::board::Board;
-use crate::progress::Step;
 use crate::tool;
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
@@ -57,27 +56,14 @@ fn musl_headers(board: &Board, mirror: &str, cache: &Path) -> Result<PathBuf> {
         "musl-sysroot-{}-{}",
         board.packages.suite, board.board.arch
     ));
-    if dir.join(".complete").exists() {
-        return Ok(dir);
-    }
-    let step = Step::spinner(format!("fetching musl headers for {}", board.board.arch));
-    if dir.exists() {
-        std::fs::remove_dir_all(&dir).with_context(|| format!("clearing {}", dir.display()))?;
-    }
-    std::fs::create_dir_all(cache)?;
-    tool::run(
-        Command::new("mmdebstrap")
-            .arg("--variant=extract")
-            .arg(format!("--architectures={}", board.board.arch))
-            .arg("--include=musl-dev")
-            .arg("--quiet")
-            .arg(&board.packages.suite)
-            .arg(&dir)
-            .arg(mirror),
-        "fetching musl-dev",
+    crate::packages::extract_cached(
+        board,
+        mirror,
+        &dir,
+        &["musl-dev".to_string()],
+        &[],
+        &format!("fetching musl headers for {}", board.board.arch),
     )?;
-    std::fs::write(dir.join(".complete"), b"")?;
-    step.done();
     Ok(dir)
 }
 

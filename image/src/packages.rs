@@ -86,37 +86,19 @@ pub fn fetch(board: &Board, mirror: &str, cache: &Path) -> Result<Vec<Package>> 
         board.packages.suite, board.board.arch
     ));
     let archives = dir.join("var/cache/apt/archives");
-    if !dir.join(".complete").exists() {
-        let step = Step::spinner(format!(
+    extract_cached(
+        board,
+        mirror,
+        &dir,
+        &wanted,
+        &["--skip=cleanup/apt/cache"],
+        &format!(
             "resolving and downloading {} packages for {} ({}) from {mirror}",
             wanted.len(),
             board.board.arch,
             board.packages.suite
-        ));
-        if dir.exists() {
-            std::fs::remove_dir_all(&dir).with_context(|| format!("clearing {}", dir.display()))?;
-        }
-        std::fs::create_dir_all(cache)?;
-        let doing = format!("fetching packages for {}", board.board.name);
-        tool::run(
-            Command::new("mmdebstrap")
-                .arg("--variant=extract")
-                .arg(format!("--architectures={}", board.board.arch))
-                .arg(format!(
-                    "--components={}",
-                    board.packages.components.join(",")
-                ))
-                .arg("--skip=cleanup/apt/cache")
-                .arg(format!("--include={}", wanted.join(",")))
-                .arg("--quiet")
-                .arg(&board.packages.suite)
-                .arg(&dir)
-                .arg(mirror),
-            &doing,
-        )?;
-        std::fs::write(dir.join(".complete"), b"")?;
-        step.done();
-    }
+        ),
+    )?;
     let mut packages = Vec::new();
     for entry in
         std::fs::read_dir(&archives).with_context(|| format!("reading {}", archives.display()))?
@@ -146,6 +128,47 @@ pub fn fetch(board: &Board, mirror: &str, cache: &Path) -> Result<Vec<Package>> 
         }
     }
     Ok(packages)
+}
+
+/// Unpacks `include` (with their dependencies) for the board's architecture and suite into
+/// `dir` with `mmdebstrap --variant=extract`, unless a completed earlier run is there.
+pub fn extract_cached(
+    board: &Board,
+    mirror: &str,
+    dir: &Path,
+    include: &[String],
+    extra_args: &[&str],
+    what: &str,
+) -> Result<()> {
+    if dir.join(".complete").exists() {
+        return Ok(());
+    }
+    let step = Step::spinner(what);
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).with_context(|| format!("clearing {}", dir.display()))?;
+    }
+    if let Some(parent) = dir.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    tool::run(
+        Command::new("mmdebstrap")
+            .arg("--variant=extract")
+            .arg(format!("--architectures={}", board.board.arch))
+            .arg(format!(
+                "--components={}",
+                board.packages.components.join(",")
+            ))
+            .args(extra_args)
+            .arg(format!("--include={}", include.join(",")))
+            .arg("--quiet")
+            .arg(&board.packages.suite)
+            .arg(dir)
+            .arg(mirror),
+        &format!("fetching packages for {}", board.board.name),
+    )?;
+    std::fs::write(dir.join(".complete"), b"")?;
+    step.done();
+    Ok(())
 }
 
 /// Whether a package belongs in the root filesystem (not a bootloader-only or excluded one).

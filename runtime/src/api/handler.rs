@@ -43,7 +43,8 @@ fn json_response(code: StatusCode, v: &Value) -> Response {
     (code, axum::Json(v)).into_response()
 }
 
-fn store_error(e: StoreError, r: &Resource, name: &str) -> ApiError {
+/// A store failure as the API reports it for `name` of resource `r`.
+pub(super) fn store_error(e: StoreError, r: &Resource, name: &str) -> ApiError {
     match e {
         StoreError::NotFound => ApiError::not_found(r.plural, r.group, name),
         StoreError::AlreadyExists => ApiError::already_exists(r.plural, r.group, name),

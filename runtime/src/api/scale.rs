@@ -1,11 +1,11 @@
 //! The `scale` subresource (autoscaling/v1 Scale) of Deployments, ReplicaSets and
 //! StatefulSets: what `kubectl scale` and autoscalers read and write.
 
-use super::handler::Target;
+use super::handler::{store_error, Target};
 use super::objects::{decode, encode, with_revision};
 use super::patch;
 use super::status::ApiError;
-use crate::store::{Store, StoreError};
+use crate::store::Store;
 use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value};
@@ -49,11 +49,7 @@ pub async fn handle(
     let (plural, group) = (target.resource.plural, target.resource.group);
     let key = &target.resource.key(target.namespace, name);
     let not_found = || ApiError::not_found(plural, group, name);
-    let to_api = |e: StoreError| match e {
-        StoreError::Conflict { .. } => ApiError::conflict(plural, group, name),
-        StoreError::NotFound => ApiError::not_found(plural, group, name),
-        other => ApiError::internal(other.to_string()),
-    };
+    let to_api = |e| store_error(e, target.resource, name);
     let rec = store
         .get(key)
         .await
