@@ -30,6 +30,15 @@ NEEDS=(
   "fsck.fat:dosfstools"
   "cpio:cpio"
   "bmaptool:bmap-tools"
+  # The containerd API bindings are generated from .proto files at build time.
+  "protoc:protobuf-compiler"
+  # The agent's tests run pods on a real containerd + runc + CNI plugins, with busybox images.
+  "containerd:containerd"
+  "runc:runc"
+  "/usr/lib/cni/bridge:containernetworking-plugins"
+  "/bin/busybox:busybox-static"
+  "nft:nftables"
+  "ip:iproute2"
 )
 missing=()
 for n in "${NEEDS[@]}"; do
