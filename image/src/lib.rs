@@ -10,6 +10,7 @@ pub mod disk;
 pub mod fat;
 pub mod initramfs;
 pub mod manifest;
+pub mod oci;
 pub mod packages;
 pub mod progress;
 pub mod rootfs;
