@@ -57,7 +57,7 @@ fn serving_names(opts: &ServerOptions) -> Vec<String> {
 }
 
 /// The machine's IPv4 addresses, so clients reaching the node by address can verify it.
-fn local_addresses() -> Vec<IpAddr> {
+pub fn local_addresses() -> Vec<IpAddr> {
     let mut out = Vec::new();
     let mut ifap: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: getifaddrs allocates a list we walk read-only and free once.
