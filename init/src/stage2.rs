@@ -18,6 +18,7 @@ const SERVER_DATA_DIR: &str = "/var/lib/cairn/server";
 const SERVER_HEALTH_SOCK: &str = "/var/lib/cairn/server/health.sock";
 const SERVER_KUBECONFIG: &str = "/etc/cairn/cairn.yaml";
 const KUBECONFIG_PORT: &str = "io.cairn.kubeconfig";
+const DEFAULT_HOSTNAME: &str = "cairn";
 
 pub fn run(stage1_marks: &str) -> ! {
     let start_ms = log::pid1_start_ms(stage1_marks);
@@ -76,7 +77,7 @@ pub fn run(stage1_marks: &str) -> ! {
         let _ = node_tx.send(bring_up_node());
     });
 
-    let mut role = None;
+    let mut role: Option<Role> = None;
     let mut ready = false;
     let shutdown = loop {
         if let Some(req) = sup.tick(Duration::from_millis(if ready { 1000 } else { 50 })) {
@@ -88,14 +89,14 @@ pub fn run(stage1_marks: &str) -> ! {
                     mounted.push("/boot".into());
                 }
                 start_node_services(&mut sup, &node.config);
-                role = Some(node.config.runtime.role.clone());
+                role = Some(Role::of(&node.config));
             }
         }
-        if let Some(role) = role.as_deref() {
+        if let Some(role) = &role {
             if !ready && is_ready(&sup, role) {
                 ready = true;
                 announce_ready();
-                if role == "server" {
+                if matches!(role, Role::Server { .. }) {
                     publish_kubeconfig();
                 }
             }
@@ -110,14 +111,92 @@ struct Node {
     boot_mounted: bool,
 }
 
+/// What this machine runs, and so what "ready" means for it.
+#[derive(Debug, PartialEq, Eq)]
+enum Role {
+    None,
+    Agent,
+    /// `cairn server`; `node` is the name its embedded agent registers, unless it runs
+    /// with `--disable-agent`.
+    Server {
+        node: Option<String>,
+    },
+}
+
+impl Role {
+    fn of(cfg: &Config) -> Role {
+        match cfg.runtime.role.as_str() {
+            "none" => Role::None,
+            "server" => {
+                let args = &cfg.runtime.args;
+                let node = if args.iter().any(|a| a == "--disable-agent") {
+                    None
+                } else {
+                    Some(node_name(args, cfg.hostname.as_deref()))
+                };
+                Role::Server { node }
+            }
+            _ => Role::Agent,
+        }
+    }
+}
+
+/// The name the embedded agent registers: `--node-name` if given, else the hostname (in
+/// lower case, as Kubernetes node names are).
+fn node_name(args: &[String], hostname: Option<&str>) -> String {
+    let mut given = None;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        if a == "--node-name" {
+            given = it.next().cloned();
+        } else if let Some(v) = a.strip_prefix("--node-name=") {
+            given = Some(v.to_string());
+        }
+    }
+    given
+        .unwrap_or_else(|| hostname.unwrap_or(DEFAULT_HOSTNAME).to_string())
+        .to_ascii_lowercase()
+}
+
+/// The request line PID 1 sends to the server's health socket.
+fn readiness_request(node: Option<&str>) -> String {
+    match node {
+        Some(n) => format!("GET /readyz?node={n} HTTP/1.0\r\n\r\n"),
+        None => "GET /readyz HTTP/1.0\r\n\r\n".to_string(),
+    }
+}
+
+/// Turns on the cgroup v2 controllers pods are limited with, for the cgroups below the root
+/// (containerd's and the pods'). Each is written alone: one the kernel lacks must not keep
+/// the others off.
+fn enable_cgroup_controllers() {
+    let root = Path::new("/sys/fs/cgroup");
+    let available = std::fs::read_to_string(root.join("cgroup.controllers")).unwrap_or_default();
+    let mut enabled = Vec::new();
+    for c in ["cpuset", "cpu", "io", "memory", "pids"] {
+        if !available.split_whitespace().any(|a| a == c) {
+            continue;
+        }
+        match std::fs::write(root.join("cgroup.subtree_control"), format!("+{c}")) {
+            Ok(()) => enabled.push(c),
+            Err(e) => info!("cgroup controller {c}: {e}"),
+        }
+    }
+    info!("cgroup controllers for pods: {}", enabled.join(" "));
+}
+
 /// Late drivers, boot partition, configuration, hostname and network.
 fn bring_up_node() -> Node {
+    enable_cgroup_controllers();
     let late = modules::read_list(Path::new(LATE_MODULES));
     let n = modules::load(&modules::module_dir(Path::new("/")), &late, c"");
     info!("loaded {n} more kernel modules");
     let boot_mounted = mount_boot_partition();
     let config = load_config();
-    let hostname = config.hostname.clone().unwrap_or_else(|| "cairn".into());
+    let hostname = config
+        .hostname
+        .clone()
+        .unwrap_or_else(|| DEFAULT_HOSTNAME.into());
     if let Err(e) = sys::sethostname(&hostname) {
         info!("{e}");
     }
@@ -368,31 +447,37 @@ fn bring_up_network(cfg: net::NetworkConfig, iface: Option<String>, hostname: &s
     }
 }
 
-fn is_ready(sup: &Supervisor, role: &str) -> bool {
+fn is_ready(sup: &Supervisor, role: &Role) -> bool {
     if !containerd_answers() {
         return false;
     }
     match role {
-        "none" => true,
-        "server" => server_ready(),
-        _ => sup
+        Role::None => true,
+        Role::Server { node } => server_ready(node.as_deref()),
+        Role::Agent => sup
             .uptime_of("cairn")
             .is_some_and(|t| t >= Duration::from_millis(500)),
     }
 }
 
 /// `cairn server` answers `/readyz` on a Unix socket in its data directory (plain HTTP:
-/// PID 1 has no TLS client and needs no credentials there).
-fn server_ready() -> bool {
+/// PID 1 has no TLS client and needs no credentials there). With `node`, it answers 200 only
+/// once that Node is registered and reports Ready.
+fn server_ready(node: Option<&str>) -> bool {
     let Ok(mut s) = std::os::unix::net::UnixStream::connect(SERVER_HEALTH_SOCK) else {
         return false;
     };
     let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
-    if s.write_all(b"GET /readyz HTTP/1.0\r\n\r\n").is_err() {
+    if s.write_all(readiness_request(node).as_bytes()).is_err() {
         return false;
     }
     let mut status = [0u8; 12];
-    s.read_exact(&mut status).is_ok() && status.ends_with(b"200")
+    s.read_exact(&mut status).is_ok() && is_ok_status(&status)
+}
+
+/// Whether an HTTP status line starts with a 200 (`HTTP/1.1 200`).
+fn is_ok_status(head: &[u8; 12]) -> bool {
+    head.starts_with(b"HTTP/") && head.ends_with(b" 200")
 }
 
 /// Hands the admin kubeconfig to the host when it asked for it with a virtio serial port
@@ -477,5 +562,75 @@ fn emergency_reboot() -> ! {
     info!("{e}");
     loop {
         std::thread::sleep(Duration::from_secs(3600));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(text: &str) -> Config {
+        config::from_table(config::parse_table(text, "test").expect("toml")).expect("config")
+    }
+
+    #[test]
+    fn a_server_waits_for_its_own_node_named_after_the_hostname() {
+        assert_eq!(
+            Role::of(&cfg("")),
+            Role::Server {
+                node: Some("cairn".into())
+            }
+        );
+        assert_eq!(
+            Role::of(&cfg("hostname = \"Edge-7\"\n")),
+            Role::Server {
+                node: Some("edge-7".into())
+            }
+        );
+    }
+
+    #[test]
+    fn node_name_flag_wins_over_the_hostname() {
+        let spaced = "hostname = \"h\"\n[runtime]\nargs = [\"--node-name\", \"n1\"]\n";
+        assert_eq!(
+            Role::of(&cfg(spaced)),
+            Role::Server {
+                node: Some("n1".into())
+            }
+        );
+        let joined = "[runtime]\nargs = [\"--node-name=n2\"]\n";
+        assert_eq!(
+            Role::of(&cfg(joined)),
+            Role::Server {
+                node: Some("n2".into())
+            }
+        );
+    }
+
+    #[test]
+    fn without_an_agent_only_the_server_is_asked() {
+        let text = "[runtime]\nargs = [\"--disable-agent\"]\n";
+        let role = Role::of(&cfg(text));
+        assert_eq!(role, Role::Server { node: None });
+        assert_eq!(readiness_request(None), "GET /readyz HTTP/1.0\r\n\r\n");
+        assert_eq!(Role::of(&cfg("[runtime]\nrole = \"none\"\n")), Role::None);
+        assert_eq!(Role::of(&cfg("[runtime]\nrole = \"agent\"\n")), Role::Agent);
+    }
+
+    #[test]
+    fn the_request_names_the_node() {
+        assert_eq!(
+            readiness_request(Some("edge-1")),
+            "GET /readyz?node=edge-1 HTTP/1.0\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn only_a_200_status_is_ready() {
+        assert!(is_ok_status(b"HTTP/1.1 200"));
+        assert!(is_ok_status(b"HTTP/1.0 200"));
+        assert!(!is_ok_status(b"HTTP/1.1 503"));
+        assert!(!is_ok_status(b"HTTP/1.1 400"));
+        assert!(!is_ok_status(b"xxxxxxxx 200"));
     }
 }
