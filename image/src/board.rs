@@ -81,7 +81,15 @@ pub struct Root {
     /// Modules stage 2 loads in the background (not needed to reach the root).
     #[serde(default)]
     pub modules: Vec<String>,
+    /// Container images baked into the root (`/usr/lib/cairn/images/<name>.tar`), which the
+    /// agent imports at start so pods run with no registry. One of [`BAKED_IMAGES`].
+    #[serde(default)]
+    pub images: Vec<String>,
 }
+
+/// Images `root.images` can name: each is built from the root's own files for the board's
+/// architecture, never downloaded.
+pub const BAKED_IMAGES: &[&str] = &["busybox"];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -232,6 +240,20 @@ impl Board {
                 "list at least the bridge, host-local and loopback plugins".into(),
             ));
         }
+        if let Some(unknown) = self
+            .root
+            .images
+            .iter()
+            .find(|i| !BAKED_IMAGES.contains(&i.as_str()))
+        {
+            return Err((
+                "root.images",
+                format!(
+                    "unknown image {unknown:?} (one of {})",
+                    BAKED_IMAGES.join(", ")
+                ),
+            ));
+        }
         if self.console.device.is_empty() || self.console.device.contains('/') {
             return Err((
                 "console.device",
@@ -318,6 +340,19 @@ mod tests {
         let text = text.replace("root_mib = 160", "root_mib = 0");
         let err = Board::parse(&path, &text).unwrap_err().to_string();
         assert!(err.contains("partitions.root_mib"), "{err}");
+    }
+
+    #[test]
+    fn only_known_images_can_be_baked() {
+        let (path, text) = shipped("qemu-aarch64");
+        let board = Board::parse(&path, &text).expect("valid board");
+        assert_eq!(board.root.images, ["busybox"]);
+        let text = text.replace("images = [\"busybox\"]", "images = [\"nginx\"]");
+        let err = Board::parse(&path, &text).unwrap_err().to_string();
+        assert!(
+            err.contains("root.images") && err.contains("nginx"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -194,6 +194,7 @@ pub fn build(opts: &BuildOptions) -> Result<BuildOutput> {
             .filter(|p| board.bootloader.packages.contains(&p.name))
             .cloned()
             .collect(),
+        images: root.images.clone(),
         artifacts,
     };
     manifest.write(&out_dir.join("manifest.json"))?;

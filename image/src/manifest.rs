@@ -41,6 +41,30 @@ impl Artifact {
     }
 }
 
+/// A container image baked into the root filesystem.
+#[derive(Debug, Clone, Serialize)]
+pub struct BakedImage {
+    /// The name the agent imports it under.
+    pub reference: String,
+    /// Path inside the root.
+    pub path: String,
+    pub bytes: u64,
+    pub sha256: String,
+}
+
+impl BakedImage {
+    /// Describes the archive at `file`, which sits at `path` inside the root.
+    pub fn of(reference: &str, path: &str, file: &Path) -> Result<BakedImage> {
+        let Artifact { bytes, sha256, .. } = Artifact::of(file)?;
+        Ok(BakedImage {
+            reference: reference.to_string(),
+            path: path.to_string(),
+            bytes,
+            sha256,
+        })
+    }
+}
+
 #[derive(Debug, Serialize)]
 pub struct Manifest {
     pub board: String,
@@ -55,6 +79,8 @@ pub struct Manifest {
     pub cairn_bytes: u64,
     pub root_packages: Vec<Package>,
     pub boot_packages: Vec<Package>,
+    /// Container images in the root, imported by the agent at start.
+    pub images: Vec<BakedImage>,
     pub artifacts: Vec<Artifact>,
 }
 

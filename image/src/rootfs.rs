@@ -1,8 +1,11 @@
 //! Assembles the read-only root filesystem tree: package contents minus what a device never
 //! reads (docs, man pages, locales, unused CNI plugins), the merged-/usr links, cairn's own
-//! binaries and configuration, and the kernel modules with a fresh `modules.dep`.
+//! binaries and configuration, the container images baked in for offline pods, and the kernel
+//! modules with a fresh `modules.dep`.
 
 use crate::board::Board;
+use crate::manifest::BakedImage;
+use crate::oci;
 use crate::packages::{self, Package};
 use crate::progress::Step;
 use anyhow::{bail, Context, Result};
@@ -120,7 +123,17 @@ pub struct Root {
     pub dir: PathBuf,
     pub kernel_version: String,
     pub kernel_image: PathBuf,
+    /// Container images written under [`IMAGES_DIR`].
+    pub images: Vec<BakedImage>,
 }
+
+/// Where baked container images live in the root; the agent imports every `*.tar` here at
+/// start, beside the ones on the data partition.
+pub const IMAGES_DIR: &str = "usr/lib/cairn/images";
+
+/// The name the busybox image is imported under: what a pod spec says for
+/// `image: busybox` once the agent normalizes it.
+pub const BUSYBOX_REFERENCE: &str = "docker.io/library/busybox:latest";
 
 pub struct Binaries {
     pub init: PathBuf,
@@ -182,12 +195,14 @@ pub fn assemble(
     merged_usr_links(&dir)?;
     busybox_links(&dir)?;
     install_cairn(board, bins, version, &dir)?;
+    let images = bake_images(board, &dir, work)?;
     depmod(&dir, &kernel_version)?;
 
     Ok(Root {
         dir,
         kernel_version,
         kernel_image: kept_kernel,
+        images,
     })
 }
 
@@ -303,6 +318,40 @@ fn install_cairn(board: &Board, bins: &Binaries, version: &str, root: &Path) -> 
     Ok(())
 }
 
+/// Writes the board's `root.images` as OCI archives into the root. They are built from the
+/// root's own files (busybox-static of the board's architecture), so they match the device
+/// and need no registry; the archives are byte-for-byte reproducible.
+fn bake_images(board: &Board, root: &Path, work: &Path) -> Result<Vec<BakedImage>> {
+    let images_dir = root.join(IMAGES_DIR);
+    std::fs::create_dir_all(&images_dir)?;
+    let mut baked = Vec::new();
+    for name in &board.root.images {
+        let (reference, config, tree) = match name.as_str() {
+            "busybox" => {
+                let tree = work.join("image-busybox");
+                if tree.exists() {
+                    std::fs::remove_dir_all(&tree)
+                        .with_context(|| format!("clearing {}", tree.display()))?;
+                }
+                oci::busybox_rootfs(&root.join("usr/bin/busybox"), &tree)
+                    .context("root.images: busybox")?;
+                (BUSYBOX_REFERENCE, oci::ImageConfig::busybox(), tree)
+            }
+            other => bail!("root.images: no recipe for {other:?}"),
+        };
+        let out = images_dir.join(format!("{name}.tar"));
+        oci::write_archive(&tree, reference, &board.board.arch, &config, &out)
+            .with_context(|| format!("root.images: writing {}", out.display()))?;
+        std::fs::remove_dir_all(&tree)?;
+        baked.push(BakedImage::of(
+            reference,
+            &format!("{IMAGES_DIR}/{name}.tar"),
+            &out,
+        )?);
+    }
+    Ok(baked)
+}
+
 /// containerd state lives on the data partition and its socket under /run.
 const CONTAINERD_CONFIG: &str = r#"# Written by cairn-image.
 version = 2
@@ -332,4 +381,67 @@ fn depmod(root: &Path, kernel_version: &str) -> Result<()> {
         "indexing kernel modules",
     )?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shipped_board() -> Board {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../boards/qemu-x86_64.toml");
+        Board::load(&path).expect("shipped board")
+    }
+
+    /// A root with the host's busybox-static where the package puts it.
+    fn root_with_busybox(dir: &Path) -> Option<PathBuf> {
+        let busybox = Path::new("/bin/busybox");
+        if !busybox.exists() {
+            return None;
+        }
+        let root = dir.join("root");
+        std::fs::create_dir_all(root.join("usr/bin")).expect("mkdir");
+        std::fs::copy(busybox, root.join("usr/bin/busybox")).expect("copy busybox");
+        Some(root)
+    }
+
+    #[test]
+    fn busybox_image_is_baked_reproducibly() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let Some(root) = root_with_busybox(tmp.path()) else {
+            panic!("/bin/busybox is missing: install busybox-static (make deps)");
+        };
+        let board = shipped_board();
+        let work = tmp.path().join("work");
+        std::fs::create_dir_all(&work).expect("mkdir");
+
+        let first = bake_images(&board, &root, &work).expect("bake");
+        assert_eq!(first.len(), 1);
+        assert_eq!(first[0].reference, BUSYBOX_REFERENCE);
+        assert_eq!(first[0].path, "usr/lib/cairn/images/busybox.tar");
+        let archive = root.join(&first[0].path);
+        let bytes = std::fs::read(&archive).expect("archive written");
+        assert_eq!(bytes.len() as u64, first[0].bytes);
+        assert!(
+            !work.join("image-busybox").exists(),
+            "the scratch tree is removed"
+        );
+
+        let mut names = Vec::new();
+        let mut index = String::new();
+        let mut tar = ::tar::Archive::new(bytes.as_slice());
+        for entry in tar.entries().expect("tar") {
+            let mut entry = entry.expect("entry");
+            let name = entry.path().expect("path").to_string_lossy().to_string();
+            if name == "index.json" {
+                std::io::Read::read_to_string(&mut entry, &mut index).expect("index");
+            }
+            names.push(name);
+        }
+        assert!(names.contains(&"oci-layout".to_string()), "{names:?}");
+        assert!(index.contains(BUSYBOX_REFERENCE), "{index}");
+        assert!(index.contains("\"architecture\":\"amd64\""), "{index}");
+
+        let second = bake_images(&board, &root, &work).expect("bake again");
+        assert_eq!(first[0].sha256, second[0].sha256, "same inputs, same bytes");
+    }
 }
