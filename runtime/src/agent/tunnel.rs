@@ -1,1 +1,506 @@
-//! (being written)
+//! The agent's end of the tunnel: one connection the agent opens to the server
+//! (`GET /cairn/v1/tunnel`, upgraded), over which the roles flip: the server speaks HTTP/2 as
+//! the client and the agent answers as the HTTP/2 server. Logs and exec are plain HTTP/2
+//! requests multiplexed on it, so a node needs no inbound port.
+//!
+//! Requests on the tunnel:
+//! - `POST /logs`, body = [`LogRequest`] JSON; answer 200 with the log bytes as the body
+//!   (ends when the log stream ends), or an error status with the message as body.
+//! - `POST /exec`, header `x-cairn-exec` = [`ExecRequest`] JSON; the request body carries
+//!   frames from the client (stdin 0, resize 4, close 255) and the answer body frames to it
+//!   (stdout 1, stderr 2, status 3). A frame is `[u8 channel][u32 BE length][data]`; the
+//!   channel numbers are Kubernetes' remotecommand ones.
+
+use super::join::NodeCredentials;
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use futures_util::StreamExt;
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+pub use super::logs::LogStream;
+
+pub const CHANNEL_STDIN: u8 = 0;
+pub const CHANNEL_STDOUT: u8 = 1;
+pub const CHANNEL_STDERR: u8 = 2;
+pub const CHANNEL_ERROR: u8 = 3;
+pub const CHANNEL_RESIZE: u8 = 4;
+pub const CHANNEL_CLOSE: u8 = 255;
+
+/// The header of an exec request on the tunnel that carries the [`ExecRequest`] as JSON.
+pub const EXEC_HEADER: &str = "x-cairn-exec";
+/// The `Upgrade` protocol of the tunnel.
+pub const UPGRADE_PROTOCOL: &str = "cairn-tunnel";
+/// The path the agent opens the tunnel on.
+pub const TUNNEL_PATH: &str = "/cairn/v1/tunnel";
+
+/// The largest frame accepted; stdin and output chunks are far smaller.
+const MAX_FRAME: usize = 1 << 20;
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LogRequest {
+    pub namespace: String,
+    pub pod: String,
+    pub container: String,
+    pub follow: bool,
+    pub tail_lines: Option<i64>,
+    pub timestamps: bool,
+    pub previous: bool,
+    pub since_seconds: Option<i64>,
+    pub since_time: Option<String>,
+    pub limit_bytes: Option<i64>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExecRequest {
+    pub namespace: String,
+    pub pod: String,
+    pub container: String,
+    pub command: Vec<String>,
+    pub stdin: bool,
+    pub stdout: bool,
+    pub stderr: bool,
+    pub tty: bool,
+}
+
+/// The exec process's streams as the node implementation sees them.
+pub struct ExecIo {
+    /// `None` when the client sends no stdin; the channel closes at the client's EOF.
+    pub stdin: Option<mpsc::Receiver<Bytes>>,
+    pub stdout: mpsc::Sender<Bytes>,
+    pub stderr: mpsc::Sender<Bytes>,
+    /// Terminal size changes (width, height) when a tty is used.
+    pub resize: mpsc::Receiver<(u16, u16)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StreamError {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl StreamError {
+    fn status(&self) -> StatusCode {
+        match self {
+            StreamError::NotFound(_) => StatusCode::NOT_FOUND,
+            StreamError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            StreamError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn reason(&self) -> &'static str {
+        match self {
+            StreamError::NotFound(_) => "NotFound",
+            StreamError::BadRequest(_) => "BadRequest",
+            StreamError::Internal(_) => "InternalError",
+        }
+    }
+}
+
+/// What the node does for logs and exec (the containerd side is the lead's implementation).
+#[async_trait::async_trait]
+pub trait NodeStreams: Send + Sync + 'static {
+    async fn logs(&self, req: LogRequest) -> Result<LogStream, StreamError>;
+    /// Runs the command to completion and returns its exit code.
+    async fn exec(&self, req: ExecRequest, io: ExecIo) -> Result<i32, StreamError>;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TunnelError {
+    #[error("server address {0:?} is not an https URL")]
+    Url(String),
+    #[error("connecting to {addr}: {source}")]
+    Connect {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("TLS: {0}")]
+    Tls(String),
+    #[error("HTTP: {0}")]
+    Http(#[from] hyper::Error),
+    #[error("the server refused the tunnel: {status} {body}")]
+    Refused { status: StatusCode, body: String },
+}
+
+/// One frame: `[channel][u32 BE length][data]`.
+pub fn encode_frame(channel: u8, data: &[u8]) -> Bytes {
+    let mut b = BytesMut::with_capacity(5 + data.len());
+    b.put_u8(channel);
+    b.put_u32(data.len() as u32);
+    b.put_slice(data);
+    b.freeze()
+}
+
+/// Reassembles frames from body chunks, which may split or join frames anywhere.
+#[derive(Default)]
+pub struct FrameDecoder {
+    buf: BytesMut,
+}
+
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[error("frame of {0} bytes is larger than the limit")]
+pub struct FrameTooLarge(pub usize);
+
+impl FrameDecoder {
+    pub fn push(&mut self, chunk: &[u8]) {
+        self.buf.extend_from_slice(chunk);
+    }
+
+    /// The next complete frame, if one is buffered.
+    pub fn next_frame(&mut self) -> Result<Option<(u8, Bytes)>, FrameTooLarge> {
+        if self.buf.len() < 5 {
+            return Ok(None);
+        }
+        let len = u32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]]) as usize;
+        if len > MAX_FRAME {
+            return Err(FrameTooLarge(len));
+        }
+        if self.buf.len() < 5 + len {
+            return Ok(None);
+        }
+        let channel = self.buf[0];
+        self.buf.advance(5);
+        Ok(Some((channel, self.buf.split_to(len).freeze())))
+    }
+}
+
+/// The metav1.Status kubelet sends on the error channel when an exec ends.
+pub fn exit_status(code: i32) -> serde_json::Value {
+    if code == 0 {
+        return serde_json::json!({"metadata": {}, "status": "Success"});
+    }
+    serde_json::json!({
+        "metadata": {},
+        "status": "Failure",
+        "message": format!("command terminated with non-zero exit code: error executing command, exit code {code}"),
+        "reason": "NonZeroExitCode",
+        "details": {"causes": [{"reason": "ExitCode", "message": code.to_string()}]},
+    })
+}
+
+fn error_status(e: &StreamError) -> serde_json::Value {
+    serde_json::json!({
+        "metadata": {},
+        "status": "Failure",
+        "message": e.to_string(),
+        "reason": e.reason(),
+        "code": e.status().as_u16(),
+    })
+}
+
+/// Keeps the tunnel to the server up for ever, reconnecting with back-off (1 s doubling to
+/// 30 s; back to 1 s after a connection that worked).
+pub async fn run(
+    server_url: String,
+    creds: NodeCredentials,
+    node_name: String,
+    streams: Arc<dyn NodeStreams>,
+) {
+    let mut delay = Duration::from_secs(1);
+    loop {
+        match serve_once(&server_url, &creds, streams.clone()).await {
+            Ok(()) => {
+                tracing::info!(node = %node_name, "tunnel to the server closed; reconnecting");
+                delay = Duration::from_secs(1);
+            }
+            Err(e) => {
+                tracing::warn!(node = %node_name, error = %e, retry_in = ?delay, "tunnel to the server failed");
+            }
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(30));
+    }
+}
+
+/// Opens one tunnel and serves requests on it until it closes.
+async fn serve_once(
+    server_url: &str,
+    creds: &NodeCredentials,
+    streams: Arc<dyn NodeStreams>,
+) -> Result<(), TunnelError> {
+    let cfg = creds
+        .client_config(&[b"http/1.1"])
+        .map_err(|e| TunnelError::Tls(e.to_string()))?;
+    let (tls, authority) =
+        super::join::connect_tls(server_url, cfg)
+            .await
+            .map_err(|e| match e {
+                super::join::JoinError::Url(u) => TunnelError::Url(u),
+                super::join::JoinError::Connect { addr, source } => {
+                    TunnelError::Connect { addr, source }
+                }
+                other => TunnelError::Tls(other.to_string()),
+            })?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake::<_, http_body_util::Empty<Bytes>>(TokioIo::new(tls))
+            .await?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            tracing::debug!(error = %e, "tunnel HTTP/1 connection ended");
+        }
+    });
+    let req = Request::get(TUNNEL_PATH)
+        .header(hyper::header::HOST, authority)
+        .header(hyper::header::CONNECTION, "Upgrade")
+        .header(hyper::header::UPGRADE, UPGRADE_PROTOCOL)
+        .body(http_body_util::Empty::new())
+        .map_err(|e| TunnelError::Tls(e.to_string()))?;
+    let res = sender.send_request(req).await?;
+    if res.status() != StatusCode::SWITCHING_PROTOCOLS {
+        let status = res.status();
+        let body = res
+            .into_body()
+            .collect()
+            .await
+            .map(|b| String::from_utf8_lossy(&b.to_bytes()).into_owned())
+            .unwrap_or_default();
+        return Err(TunnelError::Refused { status, body });
+    }
+    let upgraded = hyper::upgrade::on(res).await?;
+    tracing::info!("tunnel to the server is up");
+    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let streams = streams.clone();
+        async move { Ok::<_, std::convert::Infallible>(dispatch(streams, req).await) }
+    });
+    hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(Duration::from_secs(15)))
+        .keep_alive_timeout(Duration::from_secs(20))
+        .serve_connection(upgraded, service)
+        .await?;
+    Ok(())
+}
+
+type TunnelBody = http_body_util::combinators::UnsyncBoxBody<Bytes, std::io::Error>;
+
+fn text(status: StatusCode, msg: impl Into<String>) -> Response<TunnelBody> {
+    let mut res = Response::new(
+        http_body_util::Full::new(Bytes::from(msg.into()))
+            .map_err(|never| match never {})
+            .boxed_unsync(),
+    );
+    *res.status_mut() = status;
+    res
+}
+
+/// Answers one request from the server.
+pub async fn dispatch(
+    streams: Arc<dyn NodeStreams>,
+    req: Request<Incoming>,
+) -> Response<TunnelBody> {
+    match (req.method().as_str(), req.uri().path()) {
+        ("POST", "/logs") => serve_logs(streams, req).await,
+        ("POST", "/exec") => serve_exec(streams, req),
+        _ => text(StatusCode::NOT_FOUND, "no such tunnel endpoint"),
+    }
+}
+
+async fn serve_logs(streams: Arc<dyn NodeStreams>, req: Request<Incoming>) -> Response<TunnelBody> {
+    let body = match http_body_util::Limited::new(req.into_body(), 64 * 1024)
+        .collect()
+        .await
+    {
+        Ok(b) => b.to_bytes(),
+        Err(e) => return text(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    let lr: LogRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return text(StatusCode::BAD_REQUEST, format!("bad log request: {e}")),
+    };
+    match streams.logs(lr).await {
+        Ok(stream) => {
+            let frames = stream.map(|r| r.map(Frame::data));
+            Response::new(BodyExt::boxed_unsync(StreamBody::new(frames)))
+        }
+        Err(e) => text(e.status(), e.to_string()),
+    }
+}
+
+fn serve_exec(streams: Arc<dyn NodeStreams>, req: Request<Incoming>) -> Response<TunnelBody> {
+    let er: ExecRequest = match req
+        .headers()
+        .get(EXEC_HEADER)
+        .map(|v| serde_json::from_slice(v.as_bytes()))
+    {
+        Some(Ok(r)) => r,
+        Some(Err(e)) => return text(StatusCode::BAD_REQUEST, format!("bad exec request: {e}")),
+        None => return text(StatusCode::BAD_REQUEST, "missing exec request header"),
+    };
+    let (out_tx, out_rx) = mpsc::channel::<Bytes>(32);
+    let (stdout_tx, stdout_rx) = mpsc::channel::<Bytes>(32);
+    let (stderr_tx, stderr_rx) = mpsc::channel::<Bytes>(32);
+    let (resize_tx, resize_rx) = mpsc::channel::<(u16, u16)>(4);
+    let (stdin_tx, stdin_rx) = if er.stdin {
+        let (t, r) = mpsc::channel::<Bytes>(32);
+        (Some(t), Some(r))
+    } else {
+        (None, None)
+    };
+    tokio::spawn(read_client_frames(req.into_body(), stdin_tx, resize_tx));
+    tokio::spawn(async move {
+        let io = ExecIo {
+            stdin: stdin_rx,
+            stdout: stdout_tx,
+            stderr: stderr_tx,
+            resize: resize_rx,
+        };
+        let forward = forward_output(stdout_rx, stderr_rx, out_tx.clone());
+        let (result, ()) = tokio::join!(streams.exec(er, io), forward);
+        let status = match result {
+            Ok(code) => exit_status(code),
+            Err(e) => error_status(&e),
+        };
+        let _ = out_tx
+            .send(encode_frame(CHANNEL_ERROR, status.to_string().as_bytes()))
+            .await;
+    });
+    let frames = tokio_stream::wrappers::ReceiverStream::new(out_rx)
+        .map(|b| Ok::<_, std::io::Error>(Frame::data(b)));
+    Response::new(BodyExt::boxed_unsync(StreamBody::new(frames)))
+}
+
+/// Moves the process's output into the response as frames until both outputs close (the
+/// implementation drops its senders when the process ends).
+async fn forward_output(
+    mut stdout: mpsc::Receiver<Bytes>,
+    mut stderr: mpsc::Receiver<Bytes>,
+    out: mpsc::Sender<Bytes>,
+) {
+    let (mut out_open, mut err_open) = (true, true);
+    while out_open || err_open {
+        let (channel, data) = tokio::select! {
+            d = stdout.recv(), if out_open => match d {
+                Some(d) => (CHANNEL_STDOUT, d),
+                None => { out_open = false; continue; }
+            },
+            d = stderr.recv(), if err_open => match d {
+                Some(d) => (CHANNEL_STDERR, d),
+                None => { err_open = false; continue; }
+            },
+        };
+        if out.send(encode_frame(channel, &data)).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Splits the client's frames into stdin data and resize events; stdin closes at the
+/// client's close frame or when the request body ends.
+async fn read_client_frames(
+    mut body: Incoming,
+    mut stdin: Option<mpsc::Sender<Bytes>>,
+    resize: mpsc::Sender<(u16, u16)>,
+) {
+    let mut decoder = FrameDecoder::default();
+    while let Some(frame) = body.frame().await {
+        let Ok(frame) = frame else { return };
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        decoder.push(&data);
+        loop {
+            let (channel, data) = match decoder.next_frame() {
+                Ok(Some(f)) => f,
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "exec: bad frame from the server");
+                    return;
+                }
+            };
+            match channel {
+                CHANNEL_STDIN => {
+                    if let Some(tx) = &stdin {
+                        if tx.send(data).await.is_err() {
+                            stdin = None;
+                        }
+                    }
+                }
+                CHANNEL_RESIZE => {
+                    if let Some(size) = parse_resize(&data) {
+                        let _ = resize.try_send(size);
+                    }
+                }
+                CHANNEL_CLOSE if data.first() == Some(&CHANNEL_STDIN) => stdin = None,
+                _ => {}
+            }
+        }
+    }
+}
+
+/// `{"Width": w, "Height": h}` as kubectl sends on the resize channel.
+pub fn parse_resize(data: &[u8]) -> Option<(u16, u16)> {
+    #[derive(Deserialize)]
+    struct Size {
+        #[serde(rename = "Width")]
+        width: u16,
+        #[serde(rename = "Height")]
+        height: u16,
+    }
+    let s: Size = serde_json::from_slice(data).ok()?;
+    Some((s.width, s.height))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_survive_any_split() {
+        let mut wire = Vec::new();
+        wire.extend_from_slice(&encode_frame(CHANNEL_STDOUT, b"hello"));
+        wire.extend_from_slice(&encode_frame(CHANNEL_STDERR, b""));
+        wire.extend_from_slice(&encode_frame(CHANNEL_ERROR, br#"{"status":"Success"}"#));
+        assert_eq!(&wire[..5], &[1, 0, 0, 0, 5]);
+        for cut in 0..wire.len() {
+            let mut d = FrameDecoder::default();
+            let mut got = Vec::new();
+            for part in [&wire[..cut], &wire[cut..]] {
+                d.push(part);
+                while let Some(f) = d.next_frame().expect("frame") {
+                    got.push(f);
+                }
+            }
+            assert_eq!(got.len(), 3, "cut at {cut}");
+            assert_eq!(got[0], (CHANNEL_STDOUT, Bytes::from_static(b"hello")));
+            assert_eq!(got[1], (CHANNEL_STDERR, Bytes::new()));
+            assert_eq!(got[2].0, CHANNEL_ERROR);
+        }
+    }
+
+    #[test]
+    fn oversized_frames_are_refused() {
+        let mut d = FrameDecoder::default();
+        d.push(&[1, 0xff, 0xff, 0xff, 0xff]);
+        assert!(d.next_frame().is_err());
+    }
+
+    #[test]
+    fn statuses_match_kubelet() {
+        assert_eq!(exit_status(0)["status"], "Success");
+        let s = exit_status(3);
+        assert_eq!(s["status"], "Failure");
+        assert_eq!(s["reason"], "NonZeroExitCode");
+        assert_eq!(s["details"]["causes"][0]["reason"], "ExitCode");
+        assert_eq!(s["details"]["causes"][0]["message"], "3");
+        let e = error_status(&StreamError::NotFound("container x not found".into()));
+        assert_eq!(e["code"], 404);
+        assert_eq!(e["message"], "container x not found");
+    }
+
+    #[test]
+    fn resize_messages() {
+        assert_eq!(parse_resize(br#"{"Width":80,"Height":24}"#), Some((80, 24)));
+        assert_eq!(parse_resize(b"nonsense"), None);
+    }
+}

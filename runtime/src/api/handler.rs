@@ -82,12 +82,10 @@ pub async fn handle(store: &Arc<dyn Store>, req: Request<'_>) -> Response {
 
 async fn dispatch(store: &Arc<dyn Store>, req: Request<'_>) -> Result<Response, ApiError> {
     let t = &req.target;
-    if matches!(
-        t.subresource,
-        Some("log") | Some("exec") | Some("attach") | Some("portforward")
-    ) {
+    // pods/log and pods/exec are routed to the node tunnels before this handler (api/mod.rs).
+    if matches!(t.subresource, Some("attach") | Some("portforward")) {
         return Err(ApiError::unavailable(format!(
-            "pods/{} is served through the node agent, which is not connected to this server yet",
+            "pods/{} is not supported by this server yet; use exec",
             t.subresource.unwrap_or_default()
         )));
     }

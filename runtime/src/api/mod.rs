@@ -29,6 +29,10 @@ use std::sync::Arc;
 pub struct Api {
     pub store: Arc<dyn Store>,
     pub ca_pem: String,
+    /// Answers `POST /cairn/v1/join`; `None` serves no joins.
+    pub joiner: Option<Arc<crate::server::join::Joiner>>,
+    /// The connected nodes, for logs and exec.
+    pub tunnels: crate::server::tunnel::Tunnels,
 }
 
 fn json_ok(v: serde_json::Value) -> Response {
@@ -66,10 +70,15 @@ impl Api {
                 )
                     .into_response()
             }
+            // Authenticated by the join token in the request itself.
+            ["cairn", "v1", "join"] => return self.join(req).await,
             _ => {}
         }
-        if who.is_none() {
+        let Some(who) = who else {
             return ApiError::unauthorized().into_response();
+        };
+        if let ["cairn", "v1", "tunnel"] = segments.as_slice() {
+            return self.tunnel(&who, req);
         }
         let accept = req
             .headers()
@@ -114,6 +123,45 @@ impl Api {
         }
     }
 
+    async fn join(&self, req: Request<Body>) -> Response {
+        if req.method() != Method::POST {
+            return ApiError::method_not_allowed().into_response();
+        }
+        let Some(joiner) = self.joiner.clone() else {
+            return ApiError::not_found_path().into_response();
+        };
+        let (parts, body) = req.into_parts();
+        match http_body_util::Limited::new(body, 64 * 1024)
+            .collect()
+            .await
+        {
+            Ok(b) => joiner.handle(&parts.headers, &b.to_bytes()).await,
+            Err(_) => ApiError::too_large().into_response(),
+        }
+    }
+
+    /// A node's tunnel: only a node may open one, and only for itself.
+    fn tunnel(&self, who: &Identity, req: Request<Body>) -> Response {
+        let node = who
+            .user
+            .strip_prefix("system:node:")
+            .filter(|_| who.groups.iter().any(|g| g == "system:nodes"));
+        match node {
+            Some(node) if req.method() == Method::GET => self.tunnels.accept(node.to_string(), req),
+            Some(_) => ApiError::method_not_allowed().into_response(),
+            None => ApiError::forbidden(
+                "",
+                "",
+                "",
+                format!(
+                    "user {:?} is not a node and cannot open a node tunnel",
+                    who.user
+                ),
+            )
+            .into_response(),
+        }
+    }
+
     async fn resource_request(
         &self,
         group: &str,
@@ -138,6 +186,23 @@ impl Api {
         };
         if rest.len() > 3 {
             return ApiError::not_found_path().into_response();
+        }
+        // Logs and exec stream from the pod's node through its tunnel.
+        if let (true, Some(ns), Some(name), Some(sub @ ("log" | "exec"))) = (
+            group.is_empty() && *plural == "pods",
+            namespace,
+            rest.get(1),
+            rest.get(2).copied(),
+        ) {
+            return crate::server::tunnel::pod_subresource(
+                &self.store,
+                &self.tunnels,
+                ns,
+                name,
+                sub,
+                req,
+            )
+            .await;
         }
         let method = req.method().clone();
         let query: HashMap<String, String> = req

@@ -24,6 +24,7 @@ pub mod endpoints;
 pub mod gc;
 pub mod job;
 pub mod namespace;
+pub mod nodeipam;
 pub mod nodelifecycle;
 pub mod replicaset;
 pub mod scheduler;
@@ -106,6 +107,7 @@ pub fn spawn_all(store: Arc<dyn Store>) -> Vec<JoinHandle<()>> {
             opts,
         ),
         spawn(namespace::NamespaceController, store.clone(), opts),
+        spawn(nodeipam::NodeIpamController, store.clone(), opts),
         spawn(
             nodelifecycle::NodeLifecycleController::default(),
             store.clone(),

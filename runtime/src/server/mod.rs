@@ -2,8 +2,11 @@
 
 pub mod auth;
 pub mod health;
+pub mod join;
 pub mod kubeconfig;
 pub mod pki;
+pub mod tokens;
+pub mod tunnel;
 
 use crate::api::Api;
 use crate::store::{SqliteStore, Store};
@@ -165,9 +168,18 @@ pub async fn run(opts: ServerOptions) -> Result<()> {
         .with_context(|| format!("health socket in {}", opts.data_dir.display()))?;
     let tls = tls_config(&pki)?;
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+    let node_token =
+        tokens::load_or_create_server_token(&opts.data_dir, opts.token.as_deref(), &pki.ca_hash())?;
+    let pki = Arc::new(pki);
     let api = Arc::new(Api {
-        store,
+        store: store.clone(),
         ca_pem: pki.ca_cert_pem.clone(),
+        joiner: Some(Arc::new(join::Joiner {
+            pki: pki.clone(),
+            server_secret: node_token.secret,
+            store,
+        })),
+        tunnels: tunnel::Tunnels::default(),
     });
     let tokens = Arc::new(tokens);
     let listener = tokio::net::TcpListener::bind((opts.bind_address, opts.port))

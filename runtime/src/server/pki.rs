@@ -24,6 +24,8 @@ pub enum PkiError {
 /// PEM files under `<data-dir>/tls`.
 pub struct Pki {
     pub ca_cert_pem: String,
+    /// Kept to sign node client certificates when nodes join.
+    pub ca_key_pem: String,
     pub server_cert_pem: String,
     pub server_key_pem: String,
     pub admin_cert_pem: String,
@@ -31,15 +33,57 @@ pub struct Pki {
 }
 
 impl Pki {
-    /// sha256 of the CA certificate (DER), as a join token carries it.
+    /// sha256 of the CA certificate PEM exactly as `/cacerts` serves it, as a join token
+    /// carries it (K3s hashes the same bytes, so an agent can check before it trusts).
     pub fn ca_hash(&self) -> String {
-        let der = rustls_pemfile::certs(&mut self.ca_cert_pem.as_bytes())
-            .next()
-            .and_then(Result::ok)
-            .map(|c| c.to_vec())
-            .unwrap_or_default();
-        hex::encode(Sha256::digest(der))
+        hex::encode(Sha256::digest(self.ca_cert_pem.as_bytes()))
     }
+
+    /// Signs a node's certificate signing request: the subject is always
+    /// `CN=system:node:<node_name>, O=system:nodes` whatever the request asks, for client
+    /// authentication, valid for a year. Returns the certificate PEM.
+    pub fn sign_node_certificate(
+        &self,
+        csr_pem: &str,
+        node_name: &str,
+    ) -> Result<String, PkiError> {
+        let ca_key = KeyPair::from_pem(&self.ca_key_pem)?;
+        let issuer =
+            CertificateParams::from_ca_cert_pem(&self.ca_cert_pem)?.self_signed(&ca_key)?;
+        let mut csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem)?;
+        let mut params = CertificateParams::default();
+        params.distinguished_name = dn(&format!("system:node:{node_name}"), Some("system:nodes"));
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let (y, m, d) = today();
+        params.not_before = rcgen::date_time_ymd(y, m, d);
+        // Feb 29 has no twin next year; the 28th is close enough for a yearly certificate.
+        params.not_after = rcgen::date_time_ymd(y + 1, m, d.min(28));
+        params.serial_number = Some(random_serial()?);
+        csr.params = params;
+        Ok(csr.signed_by(&issuer, &ca_key)?.pem())
+    }
+}
+
+/// Today's UTC date.
+fn today() -> (i32, u8, u8) {
+    let days = crate::controllers::util::now_secs().div_euclid(86_400);
+    let (y, m, d) = crate::agent::logs::civil_from_days(days);
+    (y as i32, m as u8, d as u8)
+}
+
+/// A random positive serial number, so no two node certificates share one.
+fn random_serial() -> Result<rcgen::SerialNumber, PkiError> {
+    let mut b = [0u8; 16];
+    getrandom::getrandom(&mut b).map_err(|e| PkiError::Io {
+        path: PathBuf::from("/dev/urandom"),
+        source: std::io::Error::other(e.to_string()),
+    })?;
+    b[0] &= 0x7f;
+    Ok(rcgen::SerialNumber::from_slice(&b))
 }
 
 fn read(path: &Path) -> Result<Option<String>, PkiError> {
@@ -165,6 +209,7 @@ pub fn load_or_create(dir: &Path, sans: &[String]) -> Result<Pki, PkiError> {
     )?;
     Ok(Pki {
         ca_cert_pem,
+        ca_key_pem,
         server_cert_pem,
         server_key_pem,
         admin_cert_pem,
@@ -185,9 +230,32 @@ mod tests {
         assert_eq!(a.ca_cert_pem, b.ca_cert_pem);
         assert_eq!(a.server_cert_pem, b.server_cert_pem);
         assert_eq!(a.ca_hash().len(), 64);
+        assert_eq!(
+            a.ca_hash(),
+            hex::encode(Sha256::digest(a.ca_cert_pem.as_bytes()))
+        );
         // New names remake the serving certificate under the same CA.
         let c = load_or_create(dir.path(), &["10.0.0.1".to_string()]).unwrap();
         assert_eq!(a.ca_cert_pem, c.ca_cert_pem);
         assert_ne!(a.server_cert_pem, c.server_cert_pem);
+    }
+
+    #[test]
+    fn node_certificates_name_the_node_whatever_the_request_says() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = load_or_create(dir.path(), &[]).unwrap();
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::default();
+        params.distinguished_name = dn("system:admin", Some("system:masters"));
+        let csr = params.serialize_request(&key).unwrap().pem().unwrap();
+        let pem = pki.sign_node_certificate(&csr, "n1").unwrap();
+        let der = rustls_pemfile::certs(&mut pem.as_bytes())
+            .next()
+            .unwrap()
+            .unwrap();
+        let id = crate::server::auth::from_client_certificate(&der).unwrap();
+        assert_eq!(id.user, "system:node:n1");
+        assert_eq!(id.groups, vec!["system:nodes".to_string()]);
+        assert!(pki.sign_node_certificate("not a csr", "n1").is_err());
     }
 }

@@ -1,0 +1,344 @@
+//! Joining a node and carrying logs and exec through its tunnel: a real `cairn server`, the
+//! agent's join and tunnel code in-process, and the real kubectl driving `logs` and `exec`.
+
+mod common;
+
+use bytes::Bytes;
+use cairn_runtime::agent::join::{self, JoinError, Token};
+use cairn_runtime::agent::logs::{self, LogStream, ReadOptions};
+use cairn_runtime::agent::tunnel::{
+    self, ExecIo, ExecRequest, LogRequest, NodeStreams, StreamError,
+};
+use common::Server;
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+const LOG: &str = "2024-05-01T10:00:00.000000001Z stdout F one\n\
+                   2024-05-01T10:00:01.500000000Z stderr F two\n\
+                   2024-05-01T10:00:03.000000000Z stdout F three\n";
+
+/// A test double at the boundary the real agent fills with containerd: it serves a fixed CRI
+/// log file for container `c1` and runs exec commands as local processes.
+struct LocalStreams {
+    log_path: PathBuf,
+    /// Keeps followers open (the "container" never exits during the test).
+    running: Mutex<Vec<watch::Sender<bool>>>,
+}
+
+#[async_trait::async_trait]
+impl NodeStreams for LocalStreams {
+    async fn logs(&self, req: LogRequest) -> Result<LogStream, StreamError> {
+        if req.container != "c1" {
+            return Err(StreamError::NotFound(format!(
+                "container {} not found",
+                req.container
+            )));
+        }
+        let (tx, rx) = watch::channel(!req.follow);
+        if let Ok(mut r) = self.running.lock() {
+            r.push(tx);
+        }
+        Ok(logs::read(
+            &self.log_path,
+            &ReadOptions::from_request(&req),
+            rx,
+        ))
+    }
+
+    async fn exec(&self, req: ExecRequest, io: ExecIo) -> Result<i32, StreamError> {
+        let (program, args) = req
+            .command
+            .split_first()
+            .ok_or_else(|| StreamError::BadRequest("no command".into()))?;
+        let mut child = Command::new(program)
+            .args(args)
+            .stdin(if io.stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| StreamError::Internal(format!("{program}: {e}")))?;
+        let mut threads = Vec::new();
+        if let (Some(mut rx), Some(mut stdin)) = (io.stdin, child.stdin.take()) {
+            threads.push(std::thread::spawn(move || {
+                while let Some(b) = rx.blocking_recv() {
+                    if stdin.write_all(&b).is_err() {
+                        break;
+                    }
+                }
+            }));
+        }
+        for (pipe, tx) in [
+            (
+                child
+                    .stdout
+                    .take()
+                    .map(|p| Box::new(p) as Box<dyn Read + Send>),
+                io.stdout,
+            ),
+            (
+                child
+                    .stderr
+                    .take()
+                    .map(|p| Box::new(p) as Box<dyn Read + Send>),
+                io.stderr,
+            ),
+        ] {
+            let Some(mut pipe) = pipe else { continue };
+            threads.push(std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = pipe.read(&mut buf) {
+                    if n == 0 || tx.blocking_send(Bytes::copy_from_slice(&buf[..n])).is_err() {
+                        break;
+                    }
+                }
+            }));
+        }
+        let status = tokio::task::spawn_blocking(move || {
+            let status = child.wait();
+            for t in threads {
+                let _ = t.join();
+            }
+            status
+        })
+        .await
+        .map_err(|e| StreamError::Internal(e.to_string()))?
+        .map_err(|e| StreamError::Internal(e.to_string()))?;
+        Ok(status.code().unwrap_or(128))
+    }
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+fn pod_manifest(name: &str, node: &str) -> String {
+    format!(
+        r#"{{"apiVersion":"v1","kind":"Pod","metadata":{{"name":"{name}","namespace":"default"}},
+            "spec":{{"nodeName":"{node}","containers":[{{"name":"c1","image":"busybox"}}]}}}}"#
+    )
+}
+
+/// kubectl's stdout, or a panic with its stderr.
+fn eventually_ok(s: &Server, args: &[&str]) -> String {
+    let start = Instant::now();
+    loop {
+        let out = s.kubectl(args);
+        if out.status.success() {
+            return String::from_utf8_lossy(&out.stdout).to_string();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "kubectl {args:?} kept failing: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            s.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn join_then_logs_and_exec_through_the_tunnel() {
+    let server = Server::start();
+    let url = format!("https://127.0.0.1:{}", server.port);
+    let node_token = std::fs::read_to_string(server.data_dir().join("node-token"))
+        .expect("node-token")
+        .trim()
+        .to_string();
+    let token = Token::parse(&node_token).expect("token");
+    assert!(token.ca_hash.is_some(), "{node_token}");
+    let rt = rt();
+    let agent_dir = tempfile::tempdir().expect("agent dir");
+
+    // Refusals: wrong secret, wrong CA hash.
+    let wrong_secret = Token {
+        secret: "nope".into(),
+        ..token.clone()
+    };
+    match rt.block_on(join::join(&url, &wrong_secret, "n1", agent_dir.path())) {
+        Err(JoinError::Refused { status, .. }) => assert_eq!(status.as_u16(), 401),
+        other => panic!("wrong secret: {other:?}"),
+    }
+    let wrong_ca = Token {
+        ca_hash: Some("0".repeat(64)),
+        ..token.clone()
+    };
+    let err = rt
+        .block_on(join::join(&url, &wrong_ca, "n1", agent_dir.path()))
+        .expect_err("wrong CA");
+    assert_eq!(
+        err.to_string(),
+        "the server's CA does not match the join token: wrong server or token"
+    );
+
+    // The real join, and a restart that reuses the credentials with the server unreachable.
+    let creds = rt
+        .block_on(join::join(&url, &token, "n1", agent_dir.path()))
+        .expect("join");
+    assert!(join::kubeconfig_path(agent_dir.path()).exists());
+    let again = rt
+        .block_on(join::join(&url, &token, "n1", agent_dir.path()))
+        .expect("rejoin");
+    assert_eq!(again.cert_pem, creds.cert_pem, "saved credentials reused");
+
+    // The node's kubeconfig authenticates as the node.
+    let node_kubeconfig = join::kubeconfig_path(agent_dir.path());
+    let who = Command::new("kubectl")
+        .env("KUBECONFIG", &node_kubeconfig)
+        .args(["get", "--raw", "/api/v1/namespaces/default/pods"])
+        .output()
+        .expect("kubectl");
+    assert!(
+        who.status.success(),
+        "node kubeconfig: {}",
+        String::from_utf8_lossy(&who.stderr)
+    );
+
+    // Another machine (another password) cannot take n1.
+    let other_dir = tempfile::tempdir().expect("other dir");
+    match rt.block_on(join::join(&url, &token, "n1", other_dir.path())) {
+        Err(JoinError::Refused { status, message }) => {
+            assert_eq!(status.as_u16(), 403);
+            assert!(
+                message.contains(
+                    "node name n1 is taken by another machine: remove the node and secret kube-system/n1.node-password.cairn"
+                ),
+                "{message}"
+            );
+        }
+        other => panic!("taken name: {other:?}"),
+    }
+
+    // A bootstrap token made as the Kubernetes convention says joins too.
+    server.ok(&[
+        "create",
+        "secret",
+        "generic",
+        "bootstrap-token-abc123",
+        "-n",
+        "kube-system",
+        "--type",
+        "bootstrap.kubernetes.io/token",
+        "--from-literal=token-id=abc123",
+        "--from-literal=token-secret=0123456789abcdef",
+        "--from-literal=usage-bootstrap-authentication=true",
+    ]);
+    let hash = token.ca_hash.clone().unwrap_or_default();
+    let bootstrap = Token::parse(&format!("K10{hash}::abc123.0123456789abcdef")).expect("parse");
+    rt.block_on(join::join(&url, &bootstrap, "n2", other_dir.path()))
+        .expect("bootstrap join");
+
+    // The tunnel, with the test node implementation.
+    let log_path = agent_dir.path().join("c1.log");
+    std::fs::write(&log_path, LOG).expect("log");
+    let streams = Arc::new(LocalStreams {
+        log_path: log_path.clone(),
+        running: Mutex::new(Vec::new()),
+    });
+    rt.spawn(tunnel::run(url.clone(), creds, "n1".into(), streams));
+    server.ok_stdin(&["apply", "-f", "-"], &pod_manifest("web", "n1"));
+    server.ok_stdin(&["apply", "-f", "-"], &pod_manifest("lost", "ghost"));
+
+    assert_eq!(
+        eventually_ok(&server, &["logs", "web"]),
+        "one\ntwo\nthree\n"
+    );
+    assert_eq!(
+        server.ok(&["logs", "web", "--tail=1", "--timestamps"]),
+        "2024-05-01T10:00:03Z three\n"
+    );
+    assert_eq!(server.ok(&["logs", "web", "--limit-bytes=5"]), "one\nt");
+
+    // Wrong container, unconnected node.
+    let out = server.kubectl(&["logs", "web", "-c", "nope"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("container nope is not valid for pod web"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = server.kubectl(&["logs", "lost"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("node ghost is not connected"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Follow: what is appended after kubectl started arrives while the stream stays open.
+    let mut follower = server
+        .kubectl_cmd(&["logs", "-f", "web"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("kubectl logs -f");
+    let mut out = follower.stdout.take().expect("stdout");
+    let (lines_tx, lines_rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        let mut seen = String::new();
+        let mut buf = [0u8; 1024];
+        while let Ok(n) = out.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+            let _ = lines_tx.send(seen.clone());
+        }
+    });
+    let wait_for = |want: &str| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match lines_rx.recv_timeout(left) {
+                Ok(seen) if seen.contains(want) => return,
+                Ok(_) => continue,
+                Err(e) => panic!("kubectl logs -f never showed {want:?}: {e}"),
+            }
+        }
+    };
+    wait_for("three\n");
+    {
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&log_path)
+            .expect("open log");
+        f.write_all(b"2024-05-01T10:00:04.000000000Z stdout F four\n")
+            .expect("append");
+    }
+    wait_for("three\nfour\n");
+    assert!(
+        follower.try_wait().expect("try_wait").is_none(),
+        "follow ended early"
+    );
+    let _ = follower.kill();
+    let _ = follower.wait();
+
+    // Exec: output, stdin, exit codes.
+    assert_eq!(server.ok(&["exec", "web", "--", "echo", "hi"]), "hi\n");
+    assert_eq!(
+        server.ok_stdin(&["exec", "-i", "web", "--", "cat"], "hello\nworld\n"),
+        "hello\nworld\n"
+    );
+    let out = server.kubectl(&["exec", "web", "--", "sh", "-c", "echo err >&2; exit 3"]);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("err"));
+    let out = server.kubectl(&["exec", "lost", "--", "true"]);
+    assert!(!out.status.success());
+    drop(rt);
+}
