@@ -93,8 +93,9 @@ pub fn tls_config(
 
 impl ApiClient {
     pub fn new(server: &str, ca_pem: &str, creds: Credentials) -> Result<Self, ClientError> {
-        let mut tls = tls_config(ca_pem, Some(&creds))?;
-        tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        // hyper-rustls sets ALPN itself from enable_http1/enable_http2 (and panics if the
+        // config already has protocols).
+        let tls = tls_config(ca_pem, Some(&creds))?;
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls)
             .https_only()
@@ -102,6 +103,9 @@ impl ApiClient {
             .enable_http2()
             .build();
         let http = Client::builder(TokioExecutor::new())
+            // HTTP/2 keep-alive pings need a timer, or the first connection panics.
+            .timer(hyper_util::rt::TokioTimer::new())
+            .pool_timer(hyper_util::rt::TokioTimer::new())
             .pool_idle_timeout(Duration::from_secs(90))
             .http2_keep_alive_interval(Duration::from_secs(15))
             .http2_keep_alive_timeout(Duration::from_secs(10))
