@@ -342,3 +342,51 @@ fn join_then_logs_and_exec_through_the_tunnel() {
     assert!(!out.status.success());
     drop(rt);
 }
+
+#[test]
+fn bootstrap_tokens_through_the_admin_api() {
+    use cairn_runtime::server::tokens;
+    let server = Server::start();
+    let url = format!("https://127.0.0.1:{}", server.port);
+    let rt = rt();
+    let full = rt
+        .block_on(tokens::create_with_kubeconfig(
+            &server.kubeconfig,
+            "1h",
+            "for ci",
+        ))
+        .expect("create");
+    let token = Token::parse(&full).expect("parse");
+    assert!(token.bootstrap, "{full}");
+    let node_token = std::fs::read_to_string(server.data_dir().join("node-token")).expect("read");
+    assert_eq!(
+        token.ca_hash,
+        Token::parse(&node_token).expect("node token").ca_hash,
+        "the kubeconfig's CA hash is the server's"
+    );
+    let table = rt
+        .block_on(tokens::list_with_kubeconfig(&server.kubeconfig))
+        .expect("list");
+    assert!(
+        table.contains(&token.user) && table.contains("for ci"),
+        "{table}"
+    );
+    assert!(
+        !table.contains(&token.secret),
+        "list shows a secret: {table}"
+    );
+
+    let dir = tempfile::tempdir().expect("dir");
+    rt.block_on(join::join(&url, &token, "n3", dir.path()))
+        .expect("join with a bootstrap token");
+    rt.block_on(tokens::delete_with_kubeconfig(
+        &server.kubeconfig,
+        &token.user,
+    ))
+    .expect("delete");
+    let other = tempfile::tempdir().expect("dir");
+    match rt.block_on(join::join(&url, &token, "n4", other.path())) {
+        Err(JoinError::Refused { status, .. }) => assert_eq!(status.as_u16(), 401),
+        other => panic!("deleted token still joins: {other:?}"),
+    }
+}

@@ -153,6 +153,126 @@ impl SecretBackend for StoreSecrets {
     }
 }
 
+/// Secrets through the API with an admin client: what `cairn token` uses.
+pub struct ApiSecrets(pub crate::agent::client::ApiClient);
+
+fn secret_path(namespace: &str, name: Option<&str>) -> String {
+    match name {
+        Some(n) => format!("/api/v1/namespaces/{namespace}/secrets/{n}"),
+        None => format!("/api/v1/namespaces/{namespace}/secrets"),
+    }
+}
+
+fn client_error(e: crate::agent::client::ClientError) -> TokenError {
+    TokenError::Api(e.to_string())
+}
+
+#[async_trait]
+impl SecretBackend for ApiSecrets {
+    async fn get_secret(&self, namespace: &str, name: &str) -> Result<Option<Value>, TokenError> {
+        self.0
+            .get(&secret_path(namespace, Some(name)))
+            .await
+            .map_err(client_error)
+    }
+
+    async fn list_secrets(&self, namespace: &str) -> Result<Vec<Value>, TokenError> {
+        Ok(self
+            .0
+            .list(&secret_path(namespace, None))
+            .await
+            .map_err(client_error)?
+            .0)
+    }
+
+    async fn create_secret(&self, namespace: &str, secret: Value) -> Result<(), TokenError> {
+        self.0
+            .create(&secret_path(namespace, None), &secret)
+            .await
+            .map(|_| ())
+            .map_err(client_error)
+    }
+
+    async fn delete_secret(&self, namespace: &str, name: &str) -> Result<bool, TokenError> {
+        // The client treats a missing object as deleted; look first to tell the user.
+        if self.get_secret(namespace, name).await?.is_none() {
+            return Ok(false);
+        }
+        self.0
+            .delete(&secret_path(namespace, Some(name)), None)
+            .await
+            .map_err(client_error)?;
+        Ok(true)
+    }
+}
+
+/// The join-token CA hash of the cluster a kubeconfig points at: sha256 of its
+/// `certificate-authority-data` (the same PEM the server serves at `/cacerts`).
+pub fn ca_hash_from_kubeconfig(path: &Path) -> Result<String, TokenError> {
+    let text = std::fs::read_to_string(path).map_err(|source| TokenError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    let data = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("certificate-authority-data:"))
+        .map(|v| v.trim().trim_matches('"'))
+        .ok_or_else(|| {
+            TokenError::Invalid(format!(
+                "{} has no certificate-authority-data",
+                path.display()
+            ))
+        })?;
+    let pem = base64::engine::general_purpose::STANDARD
+        .decode(data)
+        .map_err(|e| TokenError::Invalid(format!("certificate-authority-data: {e}")))?;
+    Ok(crate::agent::join::ca_hash(&pem))
+}
+
+/// `cairn token create`: prints nothing itself; returns the full token to print.
+pub async fn create_with_kubeconfig(
+    kubeconfig: &Path,
+    ttl: &str,
+    description: &str,
+) -> Result<String, TokenError> {
+    let hash = ca_hash_from_kubeconfig(kubeconfig)?;
+    let client =
+        crate::agent::client::ApiClient::from_kubeconfig(kubeconfig).map_err(client_error)?;
+    create(&ApiSecrets(client), &hash, parse_ttl(ttl)?, description).await
+}
+
+/// `cairn token list`: the table to print.
+pub async fn list_with_kubeconfig(kubeconfig: &Path) -> Result<String, TokenError> {
+    let client =
+        crate::agent::client::ApiClient::from_kubeconfig(kubeconfig).map_err(client_error)?;
+    Ok(format_table(&list(&ApiSecrets(client)).await?))
+}
+
+/// `cairn token delete <id>`.
+pub async fn delete_with_kubeconfig(kubeconfig: &Path, id: &str) -> Result<(), TokenError> {
+    let client =
+        crate::agent::client::ApiClient::from_kubeconfig(kubeconfig).map_err(client_error)?;
+    delete(&ApiSecrets(client), id).await
+}
+
+/// The `cairn token list` table: id, expiry, usages, description (never the secret).
+pub fn format_table(tokens: &[BootstrapToken]) -> String {
+    let mut out = format!(
+        "{:<8}{:<24}{:<30}{}\n",
+        "TOKEN", "EXPIRES", "USAGES", "DESCRIPTION"
+    );
+    for t in tokens {
+        out.push_str(&format!(
+            "{:<8}{:<24}{:<30}{}\n",
+            t.id,
+            t.expiration.as_deref().unwrap_or("<forever>"),
+            t.usages.join(","),
+            t.description
+        ));
+    }
+    out
+}
+
 /// A bootstrap token as `cairn token list` shows it (never its secret).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BootstrapToken {
