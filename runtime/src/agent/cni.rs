@@ -70,7 +70,7 @@ fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> CniError
 
 /// An IPv4 block such as `10.42.0.0/24`. `addr` is kept as written (so `10.42.0.1/24` can
 /// describe an interface address); [`Ipv4Cidr::network`] gives the masked base.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Ipv4Cidr {
     pub addr: Ipv4Addr,
     pub prefix: u8,

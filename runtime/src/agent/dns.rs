@@ -118,7 +118,10 @@ pub enum RData {
         minimum: u32,
     },
     /// Any type we do not interpret (kept when relaying is not involved).
-    Other { rtype: u16, data: Vec<u8> },
+    Other {
+        rtype: u16,
+        data: Vec<u8>,
+    },
 }
 
 impl RData {
@@ -448,7 +451,12 @@ impl Records {
         records
     }
 
-    pub fn build(domain: &str, services: &[Value], endpoint_slices: &[Value], pods: &[Value]) -> Self {
+    pub fn build(
+        domain: &str,
+        services: &[Value],
+        endpoint_slices: &[Value],
+        pods: &[Value],
+    ) -> Self {
         let mut records = Records::new(domain);
         let slices = slices_by_service(endpoint_slices);
         for svc in services {
@@ -492,7 +500,10 @@ impl Records {
     }
 
     fn add_service(&mut self, svc: &Value, slices: &HashMap<(String, String), Vec<&Value>>) {
-        let (Some(name), Some(ns)) = (str_at(svc, &["metadata", "name"]), str_at(svc, &["metadata", "namespace"])) else {
+        let (Some(name), Some(ns)) = (
+            str_at(svc, &["metadata", "name"]),
+            str_at(svc, &["metadata", "namespace"]),
+        ) else {
             return;
         };
         let fqdn = format!("{name}.{ns}.svc.{}", self.domain);
@@ -515,10 +526,14 @@ impl Records {
         self.insert(fqdn.clone(), RData::A(ip));
         self.insert(reverse_name(ip), RData::Ptr(fqdn.clone()));
         for port in &ports {
-            let (Some(port_name), Some(number)) = (port["name"].as_str(), port["port"].as_u64()) else {
+            let (Some(port_name), Some(number)) = (port["name"].as_str(), port["port"].as_u64())
+            else {
                 continue; // SRV needs a named port
             };
-            let proto = port["protocol"].as_str().unwrap_or("TCP").to_ascii_lowercase();
+            let proto = port["protocol"]
+                .as_str()
+                .unwrap_or("TCP")
+                .to_ascii_lowercase();
             let srv = RData::Srv {
                 priority: 0,
                 weight: 100,
@@ -558,13 +573,18 @@ impl Records {
                         self.insert(reverse_name(ip), RData::Ptr(host_fqdn.clone()));
                     }
                     for port in &ports {
-                        let (Some(port_name), Some(number)) = (port["name"].as_str(), port["port"].as_u64()) else {
+                        let (Some(port_name), Some(number)) =
+                            (port["name"].as_str(), port["port"].as_u64())
+                        else {
                             continue;
                         };
                         if port_name.is_empty() {
                             continue;
                         }
-                        let proto = port["protocol"].as_str().unwrap_or("TCP").to_ascii_lowercase();
+                        let proto = port["protocol"]
+                            .as_str()
+                            .unwrap_or("TCP")
+                            .to_ascii_lowercase();
                         let srv = RData::Srv {
                             priority: 0,
                             weight: 100,
@@ -595,7 +615,10 @@ impl Records {
             ips.push(ip);
         }
         for ip in ips.into_iter().filter_map(|s| s.parse::<Ipv4Addr>().ok()) {
-            self.insert(format!("{}.{ns}.pod.{}", dashed(ip), self.domain), RData::A(ip));
+            self.insert(
+                format!("{}.{ns}.pod.{}", dashed(ip), self.domain),
+                RData::A(ip),
+            );
         }
     }
 
@@ -626,7 +649,9 @@ fn slices_by_service(slices: &[Value]) -> HashMap<(String, String), Vec<&Value>>
         ) else {
             continue;
         };
-        out.entry((ns.to_string(), svc.to_string())).or_default().push(slice);
+        out.entry((ns.to_string(), svc.to_string()))
+            .or_default()
+            .push(slice);
     }
     out
 }
@@ -653,7 +678,10 @@ pub fn reverse_name(ip: Ipv4Addr) -> String {
 enum Decision {
     Reply(Message),
     /// Not ours: relay to the upstreams. `prefix` holds CNAME answers to put in front.
-    Forward { prefix: Vec<Record>, name: String },
+    Forward {
+        prefix: Vec<Record>,
+        name: String,
+    },
     Drop,
 }
 
@@ -674,10 +702,20 @@ fn answer(records: &Records, packet: &[u8]) -> Decision {
         return Decision::Drop; // never answer answers: that is how reflection loops start
     }
     if opcode(query.flags) != 0 {
-        return Decision::Reply(error_reply(query.id, query.flags, query.questions, RCODE_NOTIMP));
+        return Decision::Reply(error_reply(
+            query.id,
+            query.flags,
+            query.questions,
+            RCODE_NOTIMP,
+        ));
     }
     let [question] = query.questions.as_slice() else {
-        return Decision::Reply(error_reply(query.id, query.flags, query.questions, RCODE_FORMERR));
+        return Decision::Reply(error_reply(
+            query.id,
+            query.flags,
+            query.questions,
+            RCODE_FORMERR,
+        ));
     };
     let name = normalize(&question.name);
     let known = records.lookup(&name);
@@ -723,7 +761,11 @@ fn answer(records: &Records, packet: &[u8]) -> Decision {
         })
         .collect();
     let exists = known.is_some() || records.exists(&name);
-    let code = if exists { RCODE_NOERROR } else { RCODE_NXDOMAIN };
+    let code = if exists {
+        RCODE_NOERROR
+    } else {
+        RCODE_NXDOMAIN
+    };
     if reply.answers.is_empty() && records.in_domain(&name) {
         reply.authority.push(records.soa());
     }
@@ -772,7 +814,10 @@ async fn udp_exchange(upstream: SocketAddr, packet: &[u8]) -> Option<Vec<u8>> {
     let mut buf = vec![0u8; 65535];
     let deadline = tokio::time::Instant::now() + UPSTREAM_TIMEOUT;
     loop {
-        let n = tokio::time::timeout_at(deadline, socket.recv(&mut buf)).await.ok()?.ok()?;
+        let n = tokio::time::timeout_at(deadline, socket.recv(&mut buf))
+            .await
+            .ok()?
+            .ok()?;
         // A connected socket only hears the upstream; still, insist on the same id.
         if n >= 2 && buf[..2] == packet[..2] {
             buf.truncate(n);
@@ -787,7 +832,10 @@ async fn tcp_exchange(upstream: SocketAddr, packet: &[u8]) -> Option<Vec<u8>> {
         write_framed(&mut stream, packet).await.ok()?;
         read_framed(&mut stream).await.ok().flatten()
     };
-    tokio::time::timeout(UPSTREAM_TIMEOUT, work).await.ok().flatten()
+    tokio::time::timeout(UPSTREAM_TIMEOUT, work)
+        .await
+        .ok()
+        .flatten()
 }
 
 async fn write_framed(stream: &mut TcpStream, packet: &[u8]) -> std::io::Result<()> {
@@ -827,19 +875,26 @@ impl State {
 
     /// The reply bytes for one query, or `None` to stay silent.
     async fn respond(&self, packet: &[u8], over_tcp: bool) -> Option<Vec<u8>> {
-        let limit = if over_tcp { usize::from(u16::MAX) } else { udp_limit(packet) };
+        let limit = if over_tcp {
+            usize::from(u16::MAX)
+        } else {
+            udp_limit(packet)
+        };
         let decision = answer(&self.records(), packet);
         match decision {
             Decision::Drop => None,
             Decision::Reply(msg) => Some(msg.encode(limit)),
-            Decision::Forward { prefix, name } if prefix.is_empty() => {
-                let _ = name;
+            // Plain forwarding relays the client's own packet untouched.
+            Decision::Forward { prefix, .. } if prefix.is_empty() => {
                 match forward(&self.upstreams, packet, over_tcp).await {
                     Some(reply) => Some(reply),
                     None => servfail(packet).map(|m| m.encode(limit)),
                 }
             }
-            Decision::Forward { prefix, name } => self.chase_cname(packet, prefix, &name, over_tcp, limit).await,
+            Decision::Forward { prefix, name } => {
+                self.chase_cname(packet, prefix, &name, over_tcp, limit)
+                    .await
+            }
         }
     }
 
@@ -919,7 +974,10 @@ impl DnsServer {
             sockets.push(bind_pair(addr).await?);
         }
         let local_addrs: Vec<SocketAddr> = sockets.iter().map(|(_, _, a)| *a).collect();
-        let upstreams = upstreams.into_iter().filter(|u| !local_addrs.contains(u)).collect();
+        let upstreams = upstreams
+            .into_iter()
+            .filter(|u| !local_addrs.contains(u))
+            .collect();
         let state = Arc::new(State {
             records: RwLock::new(Arc::new(Records::new(domain))),
             upstreams,
@@ -944,12 +1002,19 @@ async fn bind_pair(addr: SocketAddr) -> Result<(UdpSocket, TcpListener, SocketAd
         let udp = UdpSocket::bind(addr)
             .await
             .map_err(|source| DnsError::Bind { addr, source })?;
-        let local = udp.local_addr().map_err(|source| DnsError::Bind { addr, source })?;
+        let local = udp
+            .local_addr()
+            .map_err(|source| DnsError::Bind { addr, source })?;
         match TcpListener::bind(local).await {
             Ok(tcp) => return Ok((udp, tcp, local)),
             // With port 0 the UDP port may be taken for TCP; pick another.
             Err(_) if addr.port() == 0 && attempts < 10 => attempts += 1,
-            Err(source) => return Err(DnsError::Bind { addr: local, source }),
+            Err(source) => {
+                return Err(DnsError::Bind {
+                    addr: local,
+                    source,
+                })
+            }
         }
     }
 }
@@ -991,7 +1056,9 @@ async fn serve_tcp(listener: TcpListener, state: Arc<State>) {
         };
         let state = Arc::clone(&state);
         tokio::spawn(async move {
-            while let Ok(Ok(Some(packet))) = tokio::time::timeout(TCP_IDLE, read_framed(&mut stream)).await {
+            while let Ok(Ok(Some(packet))) =
+                tokio::time::timeout(TCP_IDLE, read_framed(&mut stream)).await
+            {
                 let Some(reply) = state.respond(&packet, true).await else {
                     break;
                 };
@@ -1074,7 +1141,12 @@ pub fn host_upstreams() -> Result<Vec<SocketAddr>, DnsError> {
 
 /// A pod's /etc/resolv.conf for dnsPolicy ClusterFirst: the cluster search path, then the
 /// host's search domains (as the kubelet appends them), capped at glibc's old limit of six.
-pub fn resolv_conf(dns_ip: Ipv4Addr, namespace: &str, domain: &str, host_search: &[String]) -> String {
+pub fn resolv_conf(
+    dns_ip: Ipv4Addr,
+    namespace: &str,
+    domain: &str,
+    host_search: &[String],
+) -> String {
     let domain = domain.trim_end_matches('.');
     let mut search = vec![
         format!("{namespace}.svc.{domain}"),
@@ -1170,11 +1242,32 @@ mod tests {
         let msg = Message {
             id: 0xbeef,
             flags: reply_flags(0x0100, true, RCODE_NOERROR),
-            questions: vec![Question { name: "web.default.svc.cluster.local".into(), qtype: TYPE_A, qclass: CLASS_IN }],
+            questions: vec![Question {
+                name: "web.default.svc.cluster.local".into(),
+                qtype: TYPE_A,
+                qclass: CLASS_IN,
+            }],
             answers: vec![
-                Record { name: "web.default.svc.cluster.local".into(), ttl: 5, data: RData::A(Ipv4Addr::new(10, 43, 0, 20)) },
-                Record { name: "x.cluster.local".into(), ttl: 5, data: RData::Srv { priority: 0, weight: 100, port: 80, target: "web.default.svc.cluster.local".into() } },
-                Record { name: "20.0.43.10.in-addr.arpa".into(), ttl: 5, data: RData::Ptr("web.default.svc.cluster.local".into()) },
+                Record {
+                    name: "web.default.svc.cluster.local".into(),
+                    ttl: 5,
+                    data: RData::A(Ipv4Addr::new(10, 43, 0, 20)),
+                },
+                Record {
+                    name: "x.cluster.local".into(),
+                    ttl: 5,
+                    data: RData::Srv {
+                        priority: 0,
+                        weight: 100,
+                        port: 80,
+                        target: "web.default.svc.cluster.local".into(),
+                    },
+                },
+                Record {
+                    name: "20.0.43.10.in-addr.arpa".into(),
+                    ttl: 5,
+                    data: RData::Ptr("web.default.svc.cluster.local".into()),
+                },
             ],
             authority: vec![],
             edns_udp_size: None,
@@ -1213,7 +1306,9 @@ mod tests {
         looped[13] = 40;
         assert_eq!(Message::parse(&looped), Err(WireError::PointerLoop));
         // Reserved label type 0x40.
-        let reserved = vec![0, 1, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0x41, b'a', 0, 0, 1, 0, 1];
+        let reserved = vec![
+            0, 1, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0x41, b'a', 0, 0, 1, 0, 1,
+        ];
         assert!(Message::parse(&reserved).is_err());
         // Over-long name: 5 labels of 63 bytes.
         let mut long = vec![0, 1, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0];
@@ -1244,12 +1339,20 @@ mod tests {
     #[test]
     fn truncation_sets_tc_and_keeps_the_packet_valid() {
         let answers = (0..100)
-            .map(|i| Record { name: "many.cluster.local".into(), ttl: 5, data: RData::A(Ipv4Addr::new(10, 42, 0, i)) })
+            .map(|i| Record {
+                name: "many.cluster.local".into(),
+                ttl: 5,
+                data: RData::A(Ipv4Addr::new(10, 42, 0, i)),
+            })
             .collect();
         let msg = Message {
             id: 1,
             flags: 0x8180,
-            questions: vec![Question { name: "many.cluster.local".into(), qtype: TYPE_A, qclass: CLASS_IN }],
+            questions: vec![Question {
+                name: "many.cluster.local".into(),
+                qtype: TYPE_A,
+                qclass: CLASS_IN,
+            }],
             answers,
             authority: vec![],
             edns_udp_size: None,
@@ -1273,20 +1376,31 @@ mod tests {
         assert_eq!(m.answers[0].name, "WEB.default.svc.cluster.local");
         // Headless: ready endpoints only, plus per-hostname names.
         let m = ask(&r, "db.prod.svc.cluster.local", TYPE_A);
-        assert_eq!(a_records(&m), vec![Ipv4Addr::new(10, 42, 0, 7), Ipv4Addr::new(10, 42, 1, 8)]);
+        assert_eq!(
+            a_records(&m),
+            vec![Ipv4Addr::new(10, 42, 0, 7), Ipv4Addr::new(10, 42, 1, 8)]
+        );
         let m = ask(&r, "db-0.db.prod.svc.cluster.local", TYPE_A);
         assert_eq!(a_records(&m), vec![Ipv4Addr::new(10, 42, 0, 7)]);
         // SRV.
         let m = ask(&r, "_http._tcp.web.default.svc.cluster.local", TYPE_SRV);
         assert_eq!(
             m.answers[0].data,
-            RData::Srv { priority: 0, weight: 100, port: 80, target: "web.default.svc.cluster.local".into() }
+            RData::Srv {
+                priority: 0,
+                weight: 100,
+                port: 80,
+                target: "web.default.svc.cluster.local".into()
+            }
         );
         let m = ask(&r, "_pg._tcp.db.prod.svc.cluster.local", TYPE_SRV);
         assert_eq!(m.answers.len(), 2);
         // PTR.
         let m = ask(&r, "20.0.43.10.in-addr.arpa", TYPE_PTR);
-        assert_eq!(m.answers[0].data, RData::Ptr("web.default.svc.cluster.local".into()));
+        assert_eq!(
+            m.answers[0].data,
+            RData::Ptr("web.default.svc.cluster.local".into())
+        );
         // Pods.
         let m = ask(&r, "10-42-0-5.default.pod.cluster.local", TYPE_A);
         assert_eq!(a_records(&m), vec![Ipv4Addr::new(10, 42, 0, 5)]);
@@ -1302,7 +1416,9 @@ mod tests {
         let m = ask(&r, "svc.cluster.local", TYPE_A);
         assert_eq!(rcode(m.flags), RCODE_NOERROR);
         // Outside names are forwarded; ExternalName chases its target upstream.
-        assert!(matches!(answer(&r, &query(1, "example.com", TYPE_A)), Decision::Forward { ref prefix, .. } if prefix.is_empty()));
+        assert!(
+            matches!(answer(&r, &query(1, "example.com", TYPE_A)), Decision::Forward { ref prefix, .. } if prefix.is_empty())
+        );
         match answer(&r, &query(1, "ext.default.svc.cluster.local", TYPE_A)) {
             Decision::Forward { prefix, name } => {
                 assert_eq!(name, "example.org");
@@ -1311,12 +1427,20 @@ mod tests {
             other => panic!("{other:?}"),
         }
         // Unknown reverse names are someone else's.
-        assert!(matches!(answer(&r, &query(1, "1.1.168.192.in-addr.arpa", TYPE_PTR)), Decision::Forward { .. }));
+        assert!(matches!(
+            answer(&r, &query(1, "1.1.168.192.in-addr.arpa", TYPE_PTR)),
+            Decision::Forward { .. }
+        ));
     }
 
     #[test]
     fn resolv_conf_for_pods() {
-        let text = resolv_conf(Ipv4Addr::new(10, 43, 0, 10), "team", "cluster.local", &["corp.example".into()]);
+        let text = resolv_conf(
+            Ipv4Addr::new(10, 43, 0, 10),
+            "team",
+            "cluster.local",
+            &["corp.example".into()],
+        );
         assert_eq!(
             text,
             "search team.svc.cluster.local svc.cluster.local cluster.local corp.example\nnameserver 10.43.0.10\noptions ndots:5\n"
@@ -1324,9 +1448,15 @@ mod tests {
         let host = "# comment\nnameserver 10.255.255.53\nnameserver fe80::1%eth0\nsearch a.b c.d\noptions x\n";
         assert_eq!(
             upstreams_from_resolv_conf(host),
-            vec!["10.255.255.53:53".parse().unwrap(), "[fe80::1]:53".parse().unwrap()]
+            vec![
+                "10.255.255.53:53".parse().unwrap(),
+                "[fe80::1]:53".parse().unwrap()
+            ]
         );
-        assert_eq!(search_from_resolv_conf(host), vec!["a.b".to_string(), "c.d".to_string()]);
+        assert_eq!(
+            search_from_resolv_conf(host),
+            vec!["a.b".to_string(), "c.d".to_string()]
+        );
     }
 
     async fn udp_ask(server: SocketAddr, name: &str, qtype: u16) -> Message {
@@ -1344,7 +1474,9 @@ mod tests {
 
     async fn tcp_ask(server: SocketAddr, name: &str, qtype: u16) -> Message {
         let mut stream = TcpStream::connect(server).await.unwrap();
-        write_framed(&mut stream, &query(43, name, qtype)).await.unwrap();
+        write_framed(&mut stream, &query(43, name, qtype))
+            .await
+            .unwrap();
         let reply = tokio::time::timeout(Duration::from_secs(5), read_framed(&mut stream))
             .await
             .unwrap()
@@ -1357,14 +1489,18 @@ mod tests {
     async fn server_answers_over_udp_and_tcp_and_forwards() {
         let local = "127.0.0.1:0".parse().unwrap();
         // The "upstream" is a second instance with its own domain.
-        let upstream = DnsServer::start(vec![local], "upstream.test", vec![]).await.unwrap();
+        let upstream = DnsServer::start(vec![local], "upstream.test", vec![])
+            .await
+            .unwrap();
         upstream.update(
             &[json!({"metadata": {"name": "far", "namespace": "x"}, "spec": {"clusterIP": "10.99.0.1"}})],
             &[],
             &[],
         );
         let upstream_addr = upstream.local_addrs()[0];
-        let server = DnsServer::start(vec![local], "cluster.local", vec![upstream_addr]).await.unwrap();
+        let server = DnsServer::start(vec![local], "cluster.local", vec![upstream_addr])
+            .await
+            .unwrap();
         let (s, e, p) = sample_objects();
         server.update(&s, &e, &p);
         let addr = server.local_addrs()[0];

@@ -88,25 +88,24 @@ pub struct NodeInfo {
     /// Addresses LoadBalancer Services are exposed on (K3s's ServiceLB behaviour).
     pub node_ips: Vec<Ipv4Addr>,
     pub pod_cidr: Ipv4Cidr,
-    /// All pods of the cluster: traffic between pods is never masqueraded.
-    pub cluster_cidr: Ipv4Cidr,
     pub bridge: String,
 }
 
 impl NodeInfo {
-    /// With K3s's default cluster CIDR, 10.42.0.0/16.
     pub fn new(node_ips: Vec<Ipv4Addr>, pod_cidr: Ipv4Cidr, bridge: &str) -> Self {
         Self {
             node_ips,
             pod_cidr,
-            cluster_cidr: Ipv4Cidr {
-                addr: Ipv4Addr::new(10, 42, 0, 0),
-                prefix: 16,
-            },
             bridge: bridge.to_string(),
         }
     }
 }
+
+/// K3s's default cluster CIDR, 10.42.0.0/16.
+pub const DEFAULT_CLUSTER_CIDR: Ipv4Cidr = Ipv4Cidr {
+    addr: Ipv4Addr::new(10, 42, 0, 0),
+    prefix: 16,
+};
 
 /// One port of one Service with the endpoints that serve it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -135,7 +134,13 @@ impl ServicePort {
         } else {
             self.port_name.clone()
         };
-        format!("{}/{}/{}/{}", self.namespace, self.name, port, self.protocol.nft())
+        format!(
+            "{}/{}/{}/{}",
+            self.namespace,
+            self.name,
+            port,
+            self.protocol.nft()
+        )
     }
 }
 
@@ -146,6 +151,8 @@ pub struct ServiceView {
     pub ports: Vec<ServicePort>,
     /// The cluster DNS Service IP and the local address answering it.
     pub dns: Option<(Ipv4Addr, SocketAddr)>,
+    /// All pods of the cluster: traffic between pods is never masqueraded.
+    pub cluster_cidr: Ipv4Cidr,
 }
 
 impl ServiceView {
@@ -157,11 +164,12 @@ impl ServiceView {
         for svc in services {
             ports.extend(service_ports(svc, &slices));
         }
-        ports.sort_by(|a, b| a.key().cmp(&b.key()));
+        ports.sort_by_key(ServicePort::key);
         Self {
             node,
             ports,
             dns: None,
+            cluster_cidr: DEFAULT_CLUSTER_CIDR,
         }
     }
 
@@ -226,7 +234,9 @@ fn service_ports(svc: &Value, slices: &HashMap<(String, String), Vec<&Value>>) -
         };
         let port_name = port["name"].as_str().unwrap_or("").to_string();
         let node_port = match kind {
-            "NodePort" | "LoadBalancer" => port["nodePort"].as_u64().and_then(|p| u16::try_from(p).ok()),
+            "NodePort" | "LoadBalancer" => port["nodePort"]
+                .as_u64()
+                .and_then(|p| u16::try_from(p).ok()),
             _ => None,
         };
         let endpoints = ready_endpoints(service_slices, &port_name, protocol, &port["targetPort"]);
@@ -303,7 +313,13 @@ pub struct Proxy {
 pub fn table_name_for(node_name: &str) -> String {
     let clean: String = node_name
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
         .take(200)
         .collect();
     format!("cairn-{clean}")
@@ -339,7 +355,11 @@ impl Proxy {
         for p in view.ports.iter().filter(has_endpoints) {
             let proto = p.protocol.nft();
             if let Some(ip) = p.cluster_ip {
-                services.push(format!("ip daddr {ip} {proto} dport {} goto svc-{}", p.port, p.key()));
+                services.push(format!(
+                    "ip daddr {ip} {proto} dport {} goto svc-{}",
+                    p.port,
+                    p.key()
+                ));
             }
             if p.load_balancer && !view.node.node_ips.is_empty() {
                 services.push(format!(
@@ -356,11 +376,17 @@ impl Proxy {
             .filter(has_endpoints)
             .filter_map(|p| {
                 let np = p.node_port?;
-                Some(format!("{} dport {np} goto svc-{}", p.protocol.nft(), p.key()))
+                Some(format!(
+                    "{} dport {np} goto svc-{}",
+                    p.protocol.nft(),
+                    p.key()
+                ))
             })
             .collect();
         if !node_port_rules.is_empty() {
-            chains.get("services").push("fib daddr type local jump nodeports".into());
+            chains
+                .get("services")
+                .push("fib daddr type local jump nodeports".into());
             chains.get("nodeports").extend(node_port_rules);
         }
 
@@ -390,7 +416,11 @@ impl Proxy {
             };
             for proto in ["udp", "tcp"] {
                 if let Some(v4) = target {
-                    let dnat = format!("ip daddr {service_ip} {proto} dport 53 dnat to {}:{}", v4.ip(), v4.port());
+                    let dnat = format!(
+                        "ip daddr {service_ip} {proto} dport 53 dnat to {}:{}",
+                        v4.ip(),
+                        v4.port()
+                    );
                     prerouting.push(format!("iifname \"{}\" {dnat}", view.node.bridge));
                     output.push(dnat);
                 }
@@ -402,11 +432,14 @@ impl Proxy {
         let mark = format!("0x{MASQ_MARK:x}");
         let postrouting = vec![
             // Clear the bit so a packet that loops back through the host is not marked twice.
-            format!("meta mark & {mark} == {mark} meta mark set meta mark & 0x{:x} masquerade", !MASQ_MARK),
+            format!(
+                "meta mark & {mark} == {mark} meta mark set meta mark & 0x{:x} masquerade",
+                !MASQ_MARK
+            ),
             format!(
                 "ip saddr {} ip daddr != {} oifname != \"{}\" masquerade",
                 view.node.pod_cidr.normalized(),
-                view.node.cluster_cidr.normalized(),
+                view.cluster_cidr.normalized(),
                 view.node.bridge
             ),
         ];
@@ -422,9 +455,21 @@ impl Proxy {
             write_chain(&mut s, name, None, rules);
         }
         let base = [
-            ("prerouting", "type nat hook prerouting priority -100; policy accept;", prerouting),
-            ("output", "type nat hook output priority -100; policy accept;", output),
-            ("postrouting", "type nat hook postrouting priority 100; policy accept;", postrouting),
+            (
+                "prerouting",
+                "type nat hook prerouting priority -100; policy accept;",
+                prerouting,
+            ),
+            (
+                "output",
+                "type nat hook output priority -100; policy accept;",
+                output,
+            ),
+            (
+                "postrouting",
+                "type nat hook postrouting priority 100; policy accept;",
+                postrouting,
+            ),
             (
                 "filter-forward",
                 "type filter hook forward priority -10; policy accept;",
@@ -451,11 +496,16 @@ impl Proxy {
         s
     }
 
-    /// Applies `view` if it differs from what was last applied.
+    /// Applies `view` if it differs from what was last applied, or if our table went missing
+    /// (someone ran `nft flush ruleset`), so periodic syncs also repair.
     pub async fn sync(&self, view: &ServiceView) -> Result<()> {
         let script = self.render(view);
         if self.last_applied().as_deref() == Some(script.as_str()) {
-            return Ok(());
+            let t = self.table.clone();
+            if run_blocking_value(move || Ok(table_present(&t))).await? {
+                return Ok(());
+            }
+            tracing::warn!(table = %self.table, "service table vanished; rewriting it");
         }
         let to_apply = script.clone();
         run_blocking(move || {
@@ -477,7 +527,8 @@ impl Proxy {
     /// Removes the table. Missing table is fine.
     pub async fn cleanup(&self) -> Result<()> {
         let t = self.table.clone();
-        run_blocking(move || nft_apply(&format!("table ip {t} {{}}\ndelete table ip {t}\n"))).await?;
+        run_blocking(move || nft_apply(&format!("table ip {t} {{}}\ndelete table ip {t}\n")))
+            .await?;
         self.set_last_applied(None);
         Ok(())
     }
@@ -507,7 +558,12 @@ struct Chains {
 impl Default for Chains {
     fn default() -> Self {
         let mut regular = BTreeMap::new();
-        for name in ["services", "nodeports", "reject-services", "reject-nodeports"] {
+        for name in [
+            "services",
+            "nodeports",
+            "reject-services",
+            "reject-nodeports",
+        ] {
             regular.insert(name.to_string(), Vec::new());
         }
         Self {
@@ -542,7 +598,10 @@ fn render_service_chains(chains: &mut Chains, p: &ServicePort) {
         }
         rules.push(format!("meta mark set meta mark | {mark}"));
         // nft wants the protocol known before a port can be rewritten.
-        rules.push(format!("meta l4proto {} dnat to {ip}:{port}", p.protocol.nft()));
+        rules.push(format!(
+            "meta l4proto {} dnat to {ip}:{port}",
+            p.protocol.nft()
+        ));
         chains.regular.insert(ep, rules);
     }
     let n = p.endpoints.len();
@@ -550,7 +609,10 @@ fn render_service_chains(chains: &mut Chains, p: &ServicePort) {
         svc_rules.push(format!("goto ep-{key}/0"));
     } else {
         let arms: Vec<String> = (0..n).map(|i| format!("{i} : goto ep-{key}/{i}")).collect();
-        svc_rules.push(format!("numgen random mod {n} vmap {{ {} }}", arms.join(", ")));
+        svc_rules.push(format!(
+            "numgen random mod {n} vmap {{ {} }}",
+            arms.join(", ")
+        ));
     }
     chains.regular.insert(format!("svc-{key}"), svc_rules);
 }
@@ -592,7 +654,9 @@ fn nft_apply(script: &str) -> Result<()> {
         .spawn()
         .map_err(ProxyError::Spawn)?;
     if let Some(mut stdin) = child.stdin.take() {
-        stdin.write_all(script.as_bytes()).map_err(ProxyError::Spawn)?;
+        stdin
+            .write_all(script.as_bytes())
+            .map_err(ProxyError::Spawn)?;
     }
     let output = child.wait_with_output().map_err(ProxyError::Spawn)?;
     if output.status.success() {
@@ -604,7 +668,23 @@ fn nft_apply(script: &str) -> Result<()> {
     }
 }
 
+/// Whether our table exists; listing one small base chain keeps the check cheap.
+fn table_present(table: &str) -> bool {
+    Command::new("nft")
+        .args(["list", "chain", "ip", table, "postrouting"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
 async fn run_blocking(f: impl FnOnce() -> Result<()> + Send + 'static) -> Result<()> {
+    run_blocking_value(f).await
+}
+
+async fn run_blocking_value<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| ProxyError::Join(e.to_string()))?
@@ -636,36 +716,66 @@ mod tests {
 
     fn sample_view() -> ServiceView {
         let services = vec![
-            svc("web", "10.43.0.20", "NodePort",
-                json!([{"name": "http", "port": 80, "targetPort": "web", "nodePort": 30080, "protocol": "TCP"}])),
-            svc("dns", "10.43.0.30", "ClusterIP",
-                json!([{"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 5353}])),
-            svc("empty", "10.43.0.40", "NodePort",
-                json!([{"port": 8080, "nodePort": 30081}])),
+            svc(
+                "web",
+                "10.43.0.20",
+                "NodePort",
+                json!([{"name": "http", "port": 80, "targetPort": "web", "nodePort": 30080, "protocol": "TCP"}]),
+            ),
+            svc(
+                "dns",
+                "10.43.0.30",
+                "ClusterIP",
+                json!([{"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 5353}]),
+            ),
+            svc(
+                "empty",
+                "10.43.0.40",
+                "NodePort",
+                json!([{"port": 8080, "nodePort": 30081}]),
+            ),
             svc("headless", "None", "ClusterIP", json!([{"port": 80}])),
             json!({"metadata": {"name": "ext", "namespace": "default"},
                    "spec": {"type": "ExternalName", "externalName": "example.org"}}),
         ];
         let slices = vec![
-            slice("web", json!([{"name": "http", "port": 8080, "protocol": "TCP"}]), json!([
-                {"addresses": ["10.42.0.5"], "conditions": {"ready": true}},
-                {"addresses": ["10.42.1.6"]},
-                {"addresses": ["10.42.0.9"], "conditions": {"ready": false}},
-            ])),
-            slice("dns", json!([{"name": "dns", "port": 5353, "protocol": "UDP"}]), json!([
-                {"addresses": ["10.42.0.7"], "conditions": {"ready": true}},
-            ])),
-            slice("empty", json!([{"name": "", "port": 8080, "protocol": "TCP"}]), json!([])),
+            slice(
+                "web",
+                json!([{"name": "http", "port": 8080, "protocol": "TCP"}]),
+                json!([
+                    {"addresses": ["10.42.0.5"], "conditions": {"ready": true}},
+                    {"addresses": ["10.42.1.6"]},
+                    {"addresses": ["10.42.0.9"], "conditions": {"ready": false}},
+                ]),
+            ),
+            slice(
+                "dns",
+                json!([{"name": "dns", "port": 5353, "protocol": "UDP"}]),
+                json!([
+                    {"addresses": ["10.42.0.7"], "conditions": {"ready": true}},
+                ]),
+            ),
+            slice(
+                "empty",
+                json!([{"name": "", "port": 8080, "protocol": "TCP"}]),
+                json!([]),
+            ),
         ];
-        ServiceView::from_objects(&services, &slices, node())
-            .with_dns(Ipv4Addr::new(10, 43, 0, 10), "10.42.0.1:53".parse().unwrap())
+        ServiceView::from_objects(&services, &slices, node()).with_dns(
+            Ipv4Addr::new(10, 43, 0, 10),
+            "10.42.0.1:53".parse().unwrap(),
+        )
     }
 
     #[test]
     fn view_reads_services_and_ready_endpoints() {
         let view = sample_view();
         let names: Vec<&str> = view.ports.iter().map(|p| p.name.as_str()).collect();
-        assert_eq!(names, ["dns", "empty", "web"], "headless and ExternalName are skipped");
+        assert_eq!(
+            names,
+            ["dns", "empty", "web"],
+            "headless and ExternalName are skipped"
+        );
         let web = &view.ports[2];
         assert_eq!(web.node_port, Some(30080));
         assert_eq!(web.port_name, "http");
@@ -673,7 +783,10 @@ mod tests {
         // `ready` counts as ready.
         assert_eq!(
             web.endpoints,
-            vec![(Ipv4Addr::new(10, 42, 0, 5), 8080), (Ipv4Addr::new(10, 42, 1, 6), 8080)]
+            vec![
+                (Ipv4Addr::new(10, 42, 0, 5), 8080),
+                (Ipv4Addr::new(10, 42, 1, 6), 8080)
+            ]
         );
         assert_eq!(view.ports[0].protocol, Protocol::Udp);
         assert!(view.ports[1].endpoints.is_empty());
@@ -682,22 +795,31 @@ mod tests {
     #[test]
     fn render_dnats_cluster_ips_with_random_balancing() {
         let script = Proxy::new("node-1").render(&sample_view());
-        assert!(script.starts_with("table ip cairn-node-1 {}\ndelete table ip cairn-node-1\ntable ip cairn-node-1 {\n"));
+        assert!(script.starts_with(
+            "table ip cairn-node-1 {}\ndelete table ip cairn-node-1\ntable ip cairn-node-1 {\n"
+        ));
         assert!(script.contains("ip daddr 10.43.0.20 tcp dport 80 goto svc-default/web/http/tcp"));
         assert!(script.contains(
             "numgen random mod 2 vmap { 0 : goto ep-default/web/http/tcp/0, 1 : goto ep-default/web/http/tcp/1 }"
         ));
         assert!(script.contains("dnat to 10.42.0.5:8080"));
         assert!(script.contains("dnat to 10.42.1.6:8080"));
-        assert!(!script.contains("10.42.0.9"), "not-ready endpoint must not be used");
+        assert!(
+            !script.contains("10.42.0.9"),
+            "not-ready endpoint must not be used"
+        );
         // One endpoint: no numgen.
         assert!(script.contains("ip daddr 10.43.0.30 udp dport 53 goto svc-default/dns/dns/udp"));
         assert!(script.contains("goto ep-default/dns/dns/udp/0"));
         assert!(script.contains("dnat to 10.42.0.7:5353"));
         // DNATed packets are marked and masqueraded.
         assert!(script.contains("meta mark set meta mark | 0x4000"));
-        assert!(script.contains("meta mark & 0x4000 == 0x4000 meta mark set meta mark & 0xffffbfff masquerade"));
-        assert!(script.contains("ip saddr 10.42.0.0/24 ip daddr != 10.42.0.0/16 oifname != \"cairn0\" masquerade"));
+        assert!(script.contains(
+            "meta mark & 0x4000 == 0x4000 meta mark set meta mark & 0xffffbfff masquerade"
+        ));
+        assert!(script.contains(
+            "ip saddr 10.42.0.0/24 ip daddr != 10.42.0.0/16 oifname != \"cairn0\" masquerade"
+        ));
         assert_eq!(script.matches("type nat hook prerouting").count(), 1);
         assert_eq!(script.matches("type nat hook output").count(), 1);
         assert_eq!(script.matches("type nat hook postrouting").count(), 1);
@@ -730,7 +852,10 @@ mod tests {
         let dns = script[pre..].find("dport 53 dnat to 10.42.0.1:53").unwrap();
         let jump = script[pre..].find("jump services").unwrap();
         assert!(dns < jump);
-        let without = ServiceView { dns: None, ..sample_view() };
+        let without = ServiceView {
+            dns: None,
+            ..sample_view()
+        };
         assert!(!Proxy::new("n").render(&without).contains("10.43.0.10"));
     }
 
@@ -740,9 +865,11 @@ mod tests {
             "spec": {"type": "LoadBalancer", "clusterIP": "10.43.1.1", "sessionAffinity": "ClientIP",
                      "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 60}},
                      "ports": [{"port": 443, "targetPort": 8443, "nodePort": 31443}]}})];
-        let slices = vec![json!({"metadata": {"namespace": "ns", "labels": {"kubernetes.io/service-name": "sticky"}},
+        let slices = vec![
+            json!({"metadata": {"namespace": "ns", "labels": {"kubernetes.io/service-name": "sticky"}},
             "ports": [{"port": 8443}],
-            "endpoints": [{"addresses": ["10.42.0.2"]}, {"addresses": ["10.42.0.3"]}]})];
+            "endpoints": [{"addresses": ["10.42.0.2"]}, {"addresses": ["10.42.0.3"]}]}),
+        ];
         let view = ServiceView::from_objects(&services, &slices, node());
         let script = Proxy::new("n").render(&view);
         assert!(script.contains("set aff-ns/sticky/443/tcp/0 {"));
@@ -806,7 +933,10 @@ mod tests {
             if let Some(ns) = ns {
                 let file = std::fs::File::open(&ns).unwrap();
                 // SAFETY: only this short-lived thread changes its network namespace.
-                assert_eq!(unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
+                assert_eq!(
+                    unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) },
+                    0
+                );
             }
             let timeout = std::time::Duration::from_secs(3);
             let Ok(mut stream) = std::net::TcpStream::connect_timeout(&addr, timeout) else {
@@ -816,7 +946,10 @@ mod tests {
             let _ = stream.write_all(b"GET / HTTP/1.0\r\n\r\n");
             let mut reply = String::new();
             let _ = stream.read_to_string(&mut reply);
-            reply.split_once("\r\n\r\n").map(|(_, body)| body.trim().to_string()).unwrap_or_default()
+            reply
+                .split_once("\r\n\r\n")
+                .map(|(_, body)| body.trim().to_string())
+                .unwrap_or_default()
         })
         .join()
         .unwrap()
@@ -833,7 +966,10 @@ mod tests {
         let mut net = TestNetwork::new("p", 12);
         net.net.ensure_bridge().await.unwrap();
         let table = format!("cairn-test-{}", std::process::id());
-        let mut cleanup = Cleanup { children: Vec::new(), table: table.clone() };
+        let mut cleanup = Cleanup {
+            children: Vec::new(),
+            table: table.clone(),
+        };
         let client = net.add_pod("client").await;
         let mut backends = Vec::new();
         let www = tempfile::tempdir().unwrap();
@@ -872,9 +1008,11 @@ mod tests {
             .iter()
             .map(|ip| json!({"addresses": [ip.to_string()], "conditions": {"ready": true}}))
             .collect();
-        let slices = vec![json!({"metadata": {"namespace": "default", "labels": {"kubernetes.io/service-name": "web"}},
+        let slices = vec![
+            json!({"metadata": {"namespace": "default", "labels": {"kubernetes.io/service-name": "web"}},
             "addressType": "IPv4", "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
-            "endpoints": endpoints})];
+            "endpoints": endpoints}),
+        ];
         dns.update(&services, &slices, &[]);
         let cfg = net.net.config();
         let view = ServiceView::from_objects(
@@ -882,10 +1020,17 @@ mod tests {
             &slices,
             NodeInfo::new(vec![], cfg.pod_cidr, &cfg.bridge),
         )
-        .with_dns(Ipv4Addr::new(10, 43, 250, 53), SocketAddr::new(gateway.into(), 53));
+        .with_dns(
+            Ipv4Addr::new(10, 43, 250, 53),
+            SocketAddr::new(gateway.into(), 53),
+        );
         let proxy = Proxy::with_table(table.clone());
         proxy.sync(&view).await.unwrap();
         proxy.sync(&view).await.unwrap(); // unchanged: no second apply needed
+        assert!(table_exists(&table));
+        // Someone flushes our table behind our back: the next (unchanged) sync restores it.
+        nft_apply(&format!("delete table ip {table}\n")).unwrap();
+        proxy.sync(&view).await.unwrap();
         assert!(table_exists(&table));
 
         // httpd needs a moment to listen.
@@ -918,13 +1063,28 @@ mod tests {
         )
         .await
         .expect("connect to an endpoint-less Service timed out");
-        assert_eq!(refused.unwrap_err().kind(), std::io::ErrorKind::ConnectionRefused);
+        assert_eq!(
+            refused.unwrap_err().kind(),
+            std::io::ErrorKind::ConnectionRefused
+        );
         assert!(started.elapsed() < std::time::Duration::from_secs(2));
 
         // Cluster DNS from the pod through the DNS Service IP.
-        let lookup = in_netns(&client_ns, &["busybox", "nslookup", "web.default.svc.cluster.local", "10.43.250.53"]);
+        let lookup = in_netns(
+            &client_ns,
+            &[
+                "busybox",
+                "nslookup",
+                "web.default.svc.cluster.local",
+                "10.43.250.53",
+            ],
+        );
         let text = String::from_utf8_lossy(&lookup.stdout);
-        assert!(text.contains("10.43.250.10"), "nslookup said: {text} {}", String::from_utf8_lossy(&lookup.stderr));
+        assert!(
+            text.contains("10.43.250.10"),
+            "nslookup said: {text} {}",
+            String::from_utf8_lossy(&lookup.stderr)
+        );
 
         proxy.cleanup().await.unwrap();
         assert!(!table_exists(&table));
