@@ -197,6 +197,9 @@ pub fn assemble(
     install_cairn(board, bins, version, &dir)?;
     let images = bake_images(board, &dir, work)?;
     depmod(&dir, &kernel_version)?;
+    if decompress_late_modules(board, &dir, &kernel_version)? > 0 {
+        depmod(&dir, &kernel_version)?;
+    }
 
     Ok(Root {
         dir,
@@ -371,6 +374,30 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 [grpc]
   address = "/run/containerd/containerd.sock"
 "#;
+
+/// Stores the modules stage 2 loads (and what they depend on) uncompressed. Under emulation
+/// the kernel's xz decompression dominates their load time, and it delays the runtime's
+/// start; the squashfs compresses them anyway. Returns how many were decompressed.
+fn decompress_late_modules(board: &Board, root: &Path, kernel_version: &str) -> Result<usize> {
+    let (files, _) = crate::initramfs::module_files(root, kernel_version, &board.root.modules)
+        .context("root.modules")?;
+    let moddir = root.join("usr/lib/modules").join(kernel_version);
+    let compressed: Vec<PathBuf> = files
+        .iter()
+        .filter(|f| f.ends_with(".ko.xz"))
+        .map(|f| moddir.join(f))
+        .collect();
+    if compressed.is_empty() {
+        return Ok(0);
+    }
+    crate::tool::run(
+        Command::new("xz")
+            .args(["--decompress", "--quiet"])
+            .args(&compressed),
+        "decompressing the root's late kernel modules",
+    )?;
+    Ok(compressed.len())
+}
 
 fn depmod(root: &Path, kernel_version: &str) -> Result<()> {
     crate::tool::run(

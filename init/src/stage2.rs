@@ -189,8 +189,12 @@ fn enable_cgroup_controllers() {
 fn bring_up_node() -> Node {
     enable_cgroup_controllers();
     let late = modules::read_list(Path::new(LATE_MODULES));
+    let started = log::boot_ms();
     let n = modules::load(&modules::module_dir(Path::new("/")), &late, c"");
-    info!("loaded {n} more kernel modules");
+    info!(
+        "loaded {n} more kernel modules in {} ms",
+        log::boot_ms().saturating_sub(started)
+    );
     let boot_mounted = mount_boot_partition();
     let config = load_config();
     let hostname = config
