@@ -109,23 +109,24 @@ pub fn apply(desired: &[Route]) -> Result<()> {
     Ok(())
 }
 
-/// Destinations of the routes carrying our protocol number in the main table.
+/// Destinations of the routes carrying our protocol number in the main table. We list all
+/// routes and pick ours from the text: iproute2 leaves `proto` out of lines it filtered by
+/// proto, and busybox ignores the filter altogether.
 pub fn installed() -> Result<Vec<Ipv4Cidr>> {
-    let out = run_ip(&[
-        "-4",
-        "-o",
-        "route",
-        "show",
-        "table",
-        "main",
-        "proto",
-        &ROUTE_PROTO.to_string(),
-    ])?;
+    let out = run_ip(&["-4", "-o", "route", "show", "table", "main"])?;
     Ok(parse_route_dsts(&out))
 }
 
+/// Only lines that say `proto 67` count: busybox's `ip` ignores the `proto` filter and lists
+/// every route, and deleting the default route because of that would cut the node off. (With
+/// busybox, routes of departed nodes therefore stay until reboot; harmless, and never wrong.)
 fn parse_route_dsts(text: &str) -> Vec<Ipv4Cidr> {
+    let proto = ROUTE_PROTO.to_string();
     text.lines()
+        .filter(|line| {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            words.windows(2).any(|w| w[0] == "proto" && w[1] == proto)
+        })
         .filter_map(|line| {
             let first = line.split_whitespace().next()?;
             // `ip` prints host routes without the /32.
@@ -201,7 +202,8 @@ mod tests {
 
     #[test]
     fn ip_route_output_is_parsed() {
-        let text = "10.42.1.0/24 via 192.168.1.11 dev eth0 proto 67 \n10.9.9.9 via 192.168.1.1 dev eth0 proto 67\n";
+        // The last two lines are what busybox prints when it ignores `proto 67`: not ours.
+        let text = "10.42.1.0/24 via 192.168.1.11 dev eth0 proto 67 \n10.9.9.9 via 192.168.1.1 dev eth0 proto 67 linkdown\ndefault via 192.168.1.1 dev eth0\n10.42.2.0/24 via 192.168.1.12 dev eth0\n";
         assert_eq!(
             parse_route_dsts(text),
             vec![
