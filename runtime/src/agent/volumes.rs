@@ -670,10 +670,28 @@ async fn projected_payload(
 /// The kubelet's AtomicWriter: files into a fresh hidden directory, `..data` switched to it by
 /// a rename, visible names as symlinks through `..data`, then the old generation removed.
 fn write_atomic(dir: &Path, payload: &Payload, fs_group: Option<u32>) -> std::io::Result<()> {
+    // Group-readable for fsGroup, as SetVolumeOwnership does for read-only volumes.
+    let payload: Payload = payload
+        .iter()
+        .map(|(rel, file)| {
+            let mode = if fs_group.is_some() {
+                file.mode | 0o440
+            } else {
+                file.mode
+            };
+            (
+                rel.clone(),
+                FileData {
+                    content: file.content.clone(),
+                    mode,
+                },
+            )
+        })
+        .collect();
     let data_link = dir.join(DATA_LINK);
-    let old_generation = std::fs::read_link(&data_link).ok();
-    if let Some(old) = &old_generation {
-        if read_generation(&dir.join(old))? == *payload {
+    if let Ok(old) = std::fs::read_link(&data_link) {
+        // A generation we cannot read (a crash mid-write) is simply replaced.
+        if read_generation(&dir.join(old)).is_ok_and(|current| current == payload) {
             return Ok(());
         }
     }
@@ -682,18 +700,13 @@ fn write_atomic(dir: &Path, payload: &Payload, fs_group: Option<u32>) -> std::io
     let gen_dir = dir.join(&generation);
     std::fs::create_dir(&gen_dir)?;
     std::fs::set_permissions(&gen_dir, std::fs::Permissions::from_mode(0o755))?;
-    for (rel, file) in payload {
+    for (rel, file) in &payload {
         let path = gen_dir.join(rel);
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent)?;
         }
         std::fs::write(&path, &file.content)?;
-        let mode = match fs_group {
-            // Group-readable for fsGroup, as SetVolumeOwnership does for read-only volumes.
-            Some(_) => file.mode | 0o440,
-            None => file.mode,
-        };
-        set_owner_and_mode(&path, fs_group, mode)?;
+        set_owner_and_mode(&path, fs_group, file.mode)?;
     }
     if let Some(gid) = fs_group {
         chown_dirs(&gen_dir, gid)?;
@@ -1215,6 +1228,21 @@ mod tests {
         let work = &vols["work"];
         assert_eq!(mode(work), 0o2777);
         assert_eq!(std::fs::metadata(work).expect("meta").gid(), 2345);
+        // Unchanged contents under fsGroup are not rewritten on refresh.
+        let generation = std::fs::read_link(creds.join(DATA_LINK)).expect("..data");
+        refresh(pods.path(), &p, &src, &node())
+            .await
+            .expect("refresh");
+        assert_eq!(
+            std::fs::read_link(creds.join(DATA_LINK)).expect("..data"),
+            generation
+        );
+        // A generation lost in a crash is written afresh.
+        std::fs::remove_dir_all(creds.join(&generation)).expect("lose generation");
+        refresh(pods.path(), &p, &src, &node())
+            .await
+            .expect("refresh after crash");
+        assert_eq!(read(&token), "secret");
         teardown(pods.path(), "u5").expect("teardown");
         assert!(!creds.exists());
         assert!(mount_points_under(pods.path()).is_empty());
