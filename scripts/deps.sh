@@ -37,6 +37,8 @@ NEEDS=(
   "runc:runc"
   "/usr/lib/cni/bridge:containernetworking-plugins"
   "/bin/busybox:busybox-static"
+  # The image pull test pushes to and pulls from a real registry on localhost.
+  "docker-registry:docker-registry"
   "nft:nftables"
   "ip:iproute2"
 )

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)] // each test file uses a different part of this helper
 
+pub mod containerd;
 pub mod http;
 
 use std::path::{Path, PathBuf};
