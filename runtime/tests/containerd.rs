@@ -384,6 +384,18 @@ async fn docker_save_archives_and_the_images_dir() {
         vec![saved.chain_id.clone()]
     );
 
+    // A lost snapshot is unpacked again from the content store.
+    cd.remove_snapshot(&saved.chain_id).await.unwrap();
+    assert!(cd.list_snapshots().await.unwrap().is_empty());
+    let again = ensure_image(&cd, "cairn.test/saved:v1", PullPolicy::Never)
+        .await
+        .unwrap();
+    assert_eq!(again, saved);
+    assert_eq!(
+        cd.list_snapshots().await.unwrap(),
+        vec![saved.chain_id.clone()]
+    );
+
     // Importing again changes nothing and does not fail.
     assert_eq!(
         import_archive(&cd, &images_dir.join("b-saved.tar"))

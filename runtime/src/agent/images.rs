@@ -811,7 +811,7 @@ impl Store {
     /// Given the image record's target, finds the host platform's manifest and config,
     /// labels them, unpacks, and names the image.
     async fn finish_image(&self, name: &str, target: &JsonDescriptor) -> Result<Image> {
-        let (manifest_digest, manifest) = self.resolve_manifest(name, target).await?;
+        let (manifest_digest, manifest) = self.resolve_manifest(name, target, true).await?;
         self.label_manifest(&manifest_digest, &manifest)
             .await
             .map_err(cd_err(name))?;
@@ -833,6 +833,7 @@ impl Store {
         &self,
         name: &str,
         target: &JsonDescriptor,
+        label: bool,
     ) -> Result<(String, ManifestJson)> {
         let mut digest = target.digest.clone();
         let mut media_type = target.media_type.clone();
@@ -845,9 +846,11 @@ impl Store {
             if is_index(&doc_type) || (doc_type.is_empty() && doc.get("manifests").is_some()) {
                 let index: IndexJson = serde_json::from_value(doc)
                     .map_err(|e| invalid(name, format!("index {digest}: {e}")))?;
-                self.label_index(&digest, &index)
-                    .await
-                    .map_err(cd_err(name))?;
+                if label {
+                    self.label_index(&digest, &index)
+                        .await
+                        .map_err(cd_err(name))?;
+                }
                 let m = pick_platform(&index, name)?;
                 digest = m.digest.clone();
                 media_type = m.media_type.clone();
@@ -930,10 +933,44 @@ pub async fn get_image(cd: &Containerd, reference: &str) -> Result<Option<Image>
         annotations: HashMap::new(),
         platform: None,
     };
+    if let Some(image) = unpacked_image(cd, &name, &target).await? {
+        return Ok(Some(image));
+    }
     let store = Store::open(cd, &name).await?;
     let result = store.finish_image(&name, &target).await;
     store.close().await;
     result.map(Some)
+}
+
+/// The image when it is already unpacked: reads only (no lease, no label writes), which is
+/// what every container start after the first does.
+async fn unpacked_image(
+    cd: &Containerd,
+    name: &str,
+    target: &JsonDescriptor,
+) -> Result<Option<Image>> {
+    let reader = Store {
+        cd: cd.clone(),
+        lease_id: String::new(),
+    };
+    let (_, manifest) = reader.resolve_manifest(name, target, false).await?;
+    let config = reader.read_config(name, &manifest).await?;
+    let Some(chain_id) = chain_id(&config.rootfs.diff_ids) else {
+        return Ok(None);
+    };
+    if !reader
+        .snapshot_exists(&chain_id)
+        .await
+        .map_err(cd_err(name))?
+    {
+        return Ok(None);
+    }
+    Ok(Some(Image {
+        name: name.to_string(),
+        digest: target.digest.clone(),
+        chain_id,
+        config: config.image_config(),
+    }))
 }
 
 /// The image for a container, present and unpacked, following the pull policy.
