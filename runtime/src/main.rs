@@ -77,7 +77,11 @@ struct AgentFlags {
     #[arg(long)]
     node_name: Option<String>,
     /// Where the agent keeps its state (credentials, pod directories, logs, images/).
-    #[arg(long = "agent-data-dir", alias = "agent-dir", default_value = "/var/lib/cairn/agent")]
+    #[arg(
+        long = "agent-data-dir",
+        alias = "agent-dir",
+        default_value = "/var/lib/cairn/agent"
+    )]
     agent_data_dir: PathBuf,
     /// containerd's socket.
     #[arg(long, default_value = "/run/containerd/containerd.sock")]
@@ -90,7 +94,11 @@ struct AgentFlags {
     #[arg(long)]
     node_ip: Option<IpAddr>,
     /// Directories with the CNI plugins (bridge, host-local, loopback).
-    #[arg(long, value_delimiter = ',', default_value = "/usr/lib/cni,/opt/cni/bin")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "/usr/lib/cni,/opt/cni/bin"
+    )]
     cni_bin_dir: Vec<PathBuf>,
     /// The cluster DNS Service address written into pods' resolv.conf.
     #[arg(long, default_value = "10.43.0.10")]
@@ -120,7 +128,12 @@ enum TokenCommand {
 }
 
 impl AgentFlags {
-    fn options(self, server: String, token: String, control_plane: bool) -> Result<agent::AgentOptions> {
+    fn options(
+        self,
+        server: String,
+        token: String,
+        control_plane: bool,
+    ) -> Result<agent::AgentOptions> {
         let node_name = match self.node_name {
             Some(n) => n,
             None => agent::default_node_name()?,
@@ -185,7 +198,10 @@ fn run(cli: Cli) -> Result<()> {
             } else {
                 bind_address.to_string()
             };
-            let url = format!("https://{}", std::net::SocketAddr::new(host.parse()?, https_listen_port));
+            let url = format!(
+                "https://{}",
+                std::net::SocketAddr::new(host.parse()?, https_listen_port)
+            );
             let node_token_file = data_dir.join("node-token");
             let embedded = if disable_agent {
                 None
@@ -234,7 +250,10 @@ async fn token_command(kubeconfig: &std::path::Path, command: TokenCommand) -> R
     use server::tokens;
     match command {
         TokenCommand::Create { ttl, description } => {
-            println!("{}", tokens::create_with_kubeconfig(kubeconfig, &ttl, &description).await?)
+            println!(
+                "{}",
+                tokens::create_with_kubeconfig(kubeconfig, &ttl, &description).await?
+            )
         }
         TokenCommand::List => print!("{}", tokens::list_with_kubeconfig(kubeconfig).await?),
         TokenCommand::Delete { id } => {

@@ -11,17 +11,7 @@ use serde_json::{json, Value};
 
 use crate::controllers::util::parse_quantity;
 
-/// The parts of an image's config (`config` in the OCI image config) that shape the process.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ImageConfig {
-    pub entrypoint: Vec<String>,
-    pub cmd: Vec<String>,
-    /// `K=V` entries, as in the image config.
-    pub env: Vec<String>,
-    pub working_dir: String,
-    /// As in the image config: `uid`, `uid:gid`, `name`, `name:group`, or empty (root).
-    pub user: String,
-}
+pub use super::images::ImageConfig;
 
 /// How a [`MountSpec`] is made inside the container.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -994,6 +984,7 @@ mod tests {
             env: vec!["PATH=/bin:/sbin".into(), "FOO=image".into()],
             working_dir: String::new(),
             user: String::new(),
+            ..Default::default()
         }
     }
 

@@ -29,11 +29,21 @@ impl Server {
     }
 
     pub fn start_in(dir: tempfile::TempDir) -> Server {
+        Self::launch(dir, &["--disable-agent".to_string()])
+    }
+
+    /// A server whose embedded agent runs pods (the caller passes its agent flags).
+    pub fn start_with_agent(dir: tempfile::TempDir, agent_flags: &[String]) -> Server {
+        Self::launch(dir, agent_flags)
+    }
+
+    fn launch(dir: tempfile::TempDir, extra: &[String]) -> Server {
         let port = free_port();
         let kubeconfig = dir.path().join("kubeconfig.yaml");
         let log = std::fs::File::create(dir.path().join("server.log")).expect("log");
         let child = Command::new(env!("CARGO_BIN_EXE_cairn"))
-            .args(["server", "--disable-agent", "--bind-address", "127.0.0.1"])
+            .args(["server", "--bind-address", "127.0.0.1"])
+            .args(extra)
             .arg("--https-listen-port")
             .arg(port.to_string())
             .arg("--data-dir")

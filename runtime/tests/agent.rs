@@ -1,0 +1,548 @@
+//! The agent against real parts: a containerd of the test's own (Debian's containerd + runc on
+//! a private socket), the standard CNI plugins, nftables, and a busybox image built here from
+//! busybox-static, imported from the agent's images directory. `cairn server` runs its embedded
+//! agent as node1; a second `cairn agent` process joins as node2. Driven by the real kubectl.
+
+mod common;
+
+use cairn_runtime::agent::{cni, containerd::Containerd};
+use common::containerd::{busybox_archive, TestContainerd};
+use common::Server;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const DEPLOYMENT: &str = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web}
+spec:
+  replicas: 3
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      terminationGracePeriodSeconds: 5
+      containers:
+      - name: web
+        image: busybox
+        imagePullPolicy: IfNotPresent
+        command: ["sh", "-c", "mkdir -p /www && echo hello from $HOSTNAME > /www/index.html && echo started && exec httpd -f -p 8080 -h /www"]
+        ports: [{name: http, containerPort: 8080}]
+        readinessProbe: {httpGet: {path: /, port: http}, periodSeconds: 1}
+        resources: {limits: {memory: 64Mi, cpu: 200m}}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec:
+  selector: {app: web}
+  ports: [{port: 80, targetPort: http}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client}
+spec:
+  nodeName: node1
+  terminationGracePeriodSeconds: 1
+  containers:
+  - {name: c, image: busybox, imagePullPolicy: Never, command: ["sleep", "3600"]}
+"#;
+
+/// A `cairn agent` process joining the test's server.
+struct Agent {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Agent {
+    fn start(server: &Server, node: &str, dir: &Path, ctrd: &TestContainerd) -> Agent {
+        let token =
+            std::fs::read_to_string(server.data_dir().join("node-token")).expect("node-token");
+        std::fs::create_dir_all(dir.join("images")).expect("images dir");
+        busybox_archive(&dir.join("images"));
+        let log = dir.join("agent.log");
+        let child = Command::new(env!("CARGO_BIN_EXE_cairn"))
+            .args(["agent", "--server"])
+            .arg(format!("https://127.0.0.1:{}", server.port))
+            .args([
+                "--token",
+                token.trim(),
+                "--node-name",
+                node,
+                "--containerd-namespace",
+                "k8s.io",
+            ])
+            .arg("--agent-data-dir")
+            .arg(dir)
+            .arg("--containerd-address")
+            .arg(&ctrd.socket)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("agent log"))
+            .spawn()
+            .expect("start cairn agent");
+        Agent { child, log }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What a node leaves on the host when a test fails half-way (the agent keeps pods running
+/// when it stops, as a kubelet does): pod network namespaces, the bridge, the nft table.
+struct HostCleanup {
+    dir: PathBuf,
+    node: String,
+}
+
+impl Drop for HostCleanup {
+    fn drop(&mut self) {
+        for e in std::fs::read_dir(self.dir.join("cni/netns"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let _ = Command::new("umount").arg("-l").arg(e.path()).status();
+        }
+        let bridge = cni::bridge_name_for(&self.node);
+        let _ = Command::new("ip")
+            .args(["link", "del", &bridge])
+            .stderr(Stdio::null())
+            .status();
+        let table = cairn_runtime::agent::proxy::table_name_for(&self.node);
+        let _ = Command::new("nft")
+            .args(["delete", "table", "ip", &table])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+fn wait_until(
+    what: &str,
+    timeout: Duration,
+    mut f: impl FnMut() -> bool,
+    diag: impl Fn() -> String,
+) {
+    let start = Instant::now();
+    while !f() {
+        assert!(
+            start.elapsed() < timeout,
+            "timed out waiting for {what}\n{}",
+            diag()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+fn json(server: &Server, args: &[&str]) -> Value {
+    let mut a = args.to_vec();
+    a.extend(["-o", "json"]);
+    serde_json::from_str(&server.ok(&a)).expect("kubectl json")
+}
+
+fn node_ready(server: &Server, node: &str) -> bool {
+    let out = server.kubectl(&[
+        "get",
+        "node",
+        node,
+        "-o",
+        "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
+    ]);
+    String::from_utf8_lossy(&out.stdout).trim() == "True"
+}
+
+/// A server with its embedded agent as node1 on the test's containerd.
+fn start_server(ctrd: &TestContainerd, agent_dir: &Path) -> Server {
+    std::fs::create_dir_all(agent_dir.join("images")).expect("images dir");
+    busybox_archive(&agent_dir.join("images"));
+    let extra = vec![
+        "--node-name".to_string(),
+        "node1".to_string(),
+        "--agent-data-dir".to_string(),
+        agent_dir.display().to_string(),
+        "--containerd-address".to_string(),
+        ctrd.socket.display().to_string(),
+    ];
+    Server::start_with_agent(tempfile::tempdir().expect("tempdir"), &extra)
+}
+
+fn diag(server: &Server, agent_dirs: &[&Path]) -> String {
+    let mut s = format!("--- server log\n{}\n", tail(&server.log(), 60));
+    for d in agent_dirs {
+        let l = std::fs::read_to_string(d.join("agent.log")).unwrap_or_default();
+        if !l.is_empty() {
+            s.push_str(&format!("--- {}\n{}\n", d.display(), tail(&l, 60)));
+        }
+    }
+    let pods = server.kubectl(&["get", "pods", "-A", "-o", "wide"]);
+    s.push_str(&String::from_utf8_lossy(&pods.stdout));
+    s
+}
+
+/// The body of `GET /` on port 80 of `ip`, fetched from inside pod `from`.
+fn http_get(server: &Server, from: &str, ip: &str) -> String {
+    let script = format!("printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 3 {ip} 80");
+    let out = server.kubectl(&["exec", from, "--", "sh", "-c", &script]);
+    let text = String::from_utf8_lossy(&out.stdout).replace('\r', "");
+    match text.split_once("\n\n") {
+        Some((_, body)) => body.trim().to_string(),
+        None => format!("{text} {}", String::from_utf8_lossy(&out.stderr)),
+    }
+}
+
+fn nft_ruleset() -> String {
+    let out = Command::new("nft")
+        .args(["list", "ruleset"])
+        .output()
+        .expect("nft");
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+fn tail(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+fn leftovers(ctrd: &TestContainerd, agent_dir: &Path, node: &str) -> Vec<String> {
+    let mut left = Vec::new();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("rt");
+    rt.block_on(async {
+        let c = Containerd::connect(&ctrd.socket, "k8s.io")
+            .await
+            .expect("containerd");
+        for x in c.list_containers(&[]).await.expect("containers") {
+            left.push(format!("container {}", x.id));
+        }
+        for t in c.list_tasks().await.expect("tasks") {
+            left.push(format!("task {}", t.container_id));
+        }
+        for s in c.list_snapshots().await.expect("snapshots") {
+            // Image layers are committed snapshots named by chain id; containers' are ours.
+            if !s.starts_with("sha256:") {
+                left.push(format!("snapshot {s}"));
+            }
+        }
+    });
+    let netns = agent_dir.join("cni/netns");
+    for e in std::fs::read_dir(&netns).into_iter().flatten().flatten() {
+        left.push(format!("netns {}", e.path().display()));
+    }
+    let bridge = cni::bridge_name_for(node);
+    let veths = Command::new("ip")
+        .args(["-o", "link", "show", "master", &bridge])
+        .output()
+        .expect("ip");
+    for l in String::from_utf8_lossy(&veths.stdout).lines() {
+        left.push(format!("veth {l}"));
+    }
+    let ipam = agent_dir.join("cni/ipam");
+    for e in walk(&ipam) {
+        let name = e
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if name.parse::<std::net::Ipv4Addr>().is_ok() {
+            left.push(format!("ip reservation {}", e.display()));
+        }
+    }
+    let pods_dir = agent_dir.join("pods");
+    for e in std::fs::read_dir(&pods_dir).into_iter().flatten().flatten() {
+        left.push(format!("pod dir {}", e.path().display()));
+    }
+    left
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+fn pod_names(server: &Server, selector: &str) -> Vec<String> {
+    server
+        .ok(&[
+            "get",
+            "pods",
+            "-l",
+            selector,
+            "-o",
+            "jsonpath={.items[*].metadata.name}",
+        ])
+        .split_whitespace()
+        .map(str::to_string)
+        .collect()
+}
+
+/// Kills a container's main process from the host, as the OOM killer or a crash would.
+fn kill_container(ctrd: &TestContainerd, container_id: &str) {
+    let id = container_id.trim_start_matches("containerd://").to_string();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("rt");
+    let pid = rt.block_on(async {
+        let c = Containerd::connect(&ctrd.socket, "k8s.io")
+            .await
+            .expect("containerd");
+        c.task_state(&id)
+            .await
+            .expect("task")
+            .expect("task exists")
+            .pid
+    });
+    // SAFETY: signalling a pid we just read; the worst case is ESRCH.
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+}
+
+#[test]
+fn pods_services_dns_logs_exec_and_a_second_node() {
+    let ctrd1 = TestContainerd::start();
+    let ctrd2 = TestContainerd::start();
+    let work = tempfile::tempdir().expect("tempdir");
+    let dir1 = work.path().join("node1");
+    let dir2 = work.path().join("node2");
+    // Dropped last-but-one: after the agents and server stopped, before the containerds.
+    let _cleanup = [
+        HostCleanup {
+            dir: dir1.clone(),
+            node: "node1".into(),
+        },
+        HostCleanup {
+            dir: dir2.clone(),
+            node: "node2".into(),
+        },
+    ];
+    let server = start_server(&ctrd1, &dir1);
+    let d = || diag(&server, &[&dir1, &dir2]);
+    wait_until(
+        "node1 Ready",
+        Duration::from_secs(60),
+        || node_ready(&server, "node1"),
+        d,
+    );
+    let agent2 = Agent::start(&server, "node2", &dir2, &ctrd2);
+    wait_until(
+        "node2 Ready",
+        Duration::from_secs(60),
+        || node_ready(&server, "node2"),
+        || format!("{}\n{}", d(), agent2.log()),
+    );
+
+    // The node looks like a kubelet's: capacity, nodeInfo, a podCIDR, a Lease.
+    let n = json(&server, &["get", "node", "node2"]);
+    assert!(
+        n["spec"]["podCIDR"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("10.42."),
+        "{n}"
+    );
+    assert!(n["status"]["nodeInfo"]["containerRuntimeVersion"]
+        .as_str()
+        .unwrap_or("")
+        .starts_with("containerd://"));
+    assert!(n["status"]["capacity"]["cpu"].is_string());
+    server.ok(&["get", "lease", "-n", "kube-node-lease", "node2"]);
+
+    server.ok_stdin(&["apply", "-f", "-"], DEPLOYMENT);
+    wait_until(
+        "the Deployment rolled out",
+        Duration::from_secs(180),
+        || {
+            server
+                .kubectl(&["rollout", "status", "deployment/web", "--timeout=5s"])
+                .status
+                .success()
+        },
+        || {
+            let mut out = server.ok(&["get", "pods", "-o", "jsonpath={range .items[*]}{.metadata.name} {.status.containerStatuses}{\"\\n\"}{end}"]);
+            for p in pod_names(&server, "app=web") {
+                for cmd in [&["ip", "addr"][..], &["netstat", "-ltn"], &["ps"]] {
+                    let mut a = vec!["exec", p.as_str(), "--"];
+                    a.extend_from_slice(cmd);
+                    let o = server.kubectl(&a);
+                    out.push_str(&format!(
+                        "{p} {cmd:?}: {}{}\n",
+                        String::from_utf8_lossy(&o.stdout),
+                        String::from_utf8_lossy(&o.stderr)
+                    ));
+                }
+                let o = server.kubectl(&["logs", &p]);
+                out.push_str(&format!(
+                    "{p} logs: {}{}\n",
+                    String::from_utf8_lossy(&o.stdout),
+                    String::from_utf8_lossy(&o.stderr)
+                ));
+            }
+            format!("{out}\n{}", d())
+        },
+    );
+    wait_until(
+        "client Running",
+        Duration::from_secs(60),
+        || {
+            server
+                .kubectl(&["get", "pod", "client", "-o", "jsonpath={.status.phase}"])
+                .stdout
+                == b"Running"
+        },
+        d,
+    );
+    let pods = json(&server, &["get", "pods", "-l", "app=web"]);
+    let items = pods["items"].as_array().expect("items").clone();
+    assert_eq!(items.len(), 3);
+    let nodes: std::collections::HashSet<&str> = items
+        .iter()
+        .filter_map(|p| p["spec"]["nodeName"].as_str())
+        .collect();
+    assert!(nodes.contains("node2"), "no web pod on node2: {nodes:?}");
+    for p in &items {
+        assert!(
+            p["status"]["podIP"]
+                .as_str()
+                .unwrap_or("")
+                .starts_with("10.42."),
+            "{p}"
+        );
+    }
+
+    // logs and exec through the agent's tunnel.
+    let web = pod_names(&server, "app=web");
+    let first = &web[0];
+    assert!(server.ok(&["logs", first]).contains("started"));
+    assert_eq!(server.ok(&["exec", first, "--", "echo", "hi"]).trim(), "hi");
+    assert_eq!(
+        server
+            .ok_stdin(&["exec", "-i", first, "--", "cat"], "through stdin\n")
+            .trim(),
+        "through stdin"
+    );
+    let failed = server.kubectl(&["exec", first, "--", "sh", "-c", "exit 3"]);
+    assert_eq!(failed.status.code(), Some(3));
+
+    // A Service's ClusterIP and DNS name reach its pods from another pod, on both nodes.
+    let ip = server.ok(&["get", "svc", "web", "-o", "jsonpath={.spec.clusterIP}"]);
+    let mut answered = std::collections::HashSet::new();
+    let last = std::cell::RefCell::new(String::new());
+    // Debian's busybox-static wget crashes in glibc's static NSS code (even for an address),
+    // so the name is looked up with busybox's own nslookup (through the cluster DNS) and the
+    // page fetched with nc.
+    wait_until(
+        "the Service's name resolves to its ClusterIP",
+        Duration::from_secs(60),
+        || {
+            let out = server.kubectl(&[
+                "exec",
+                "client",
+                "--",
+                "nslookup",
+                "web.default.svc.cluster.local",
+            ]);
+            let text = String::from_utf8_lossy(&out.stdout).to_string();
+            *last.borrow_mut() =
+                format!("nslookup: {text} {}", String::from_utf8_lossy(&out.stderr));
+            text.contains(ip.trim())
+        },
+        || format!("{}\n{}\n{}", last.borrow(), nft_ruleset(), d()),
+    );
+    wait_until(
+        "the Service answers at its ClusterIP",
+        Duration::from_secs(60),
+        || {
+            let body = http_get(&server, "client", ip.trim());
+            *last.borrow_mut() = body.clone();
+            answered.insert(body.clone());
+            body.starts_with("hello from web-")
+        },
+        || format!("{}\n{}\n{}", last.borrow(), nft_ruleset(), d()),
+    );
+    wait_until(
+        "answers from more than one backend",
+        Duration::from_secs(60),
+        || {
+            answered.insert(http_get(&server, "client", ip.trim()));
+            answered.len() >= 2
+        },
+        d,
+    );
+
+    // A killed container restarts, and its previous log stays readable.
+    let pod = json(&server, &["get", "pod", first]);
+    let (ctrd_of_pod, cid) = (
+        if pod["spec"]["nodeName"] == "node1" {
+            &ctrd1
+        } else {
+            &ctrd2
+        },
+        pod["status"]["containerStatuses"][0]["containerID"]
+            .as_str()
+            .expect("containerID")
+            .to_string(),
+    );
+    kill_container(ctrd_of_pod, &cid);
+    wait_until(
+        "the killed container restarted",
+        Duration::from_secs(60),
+        || {
+            let p = json(&server, &["get", "pod", first]);
+            let cs = &p["status"]["containerStatuses"][0];
+            cs["restartCount"].as_u64() == Some(1) && cs["ready"] == true
+        },
+        d,
+    );
+    let p = json(&server, &["get", "pod", first]);
+    assert_eq!(
+        p["status"]["containerStatuses"][0]["lastState"]["terminated"]["exitCode"],
+        137
+    );
+    assert!(server
+        .ok(&["logs", first, "--previous"])
+        .contains("started"));
+
+    // Deleting everything leaves nothing behind on either node.
+    server.ok(&["delete", "deployment", "web", "--wait=false"]);
+    server.ok(&["delete", "svc", "web"]);
+    server.ok(&["delete", "pod", "client", "--wait=false"]);
+    wait_until(
+        "all pods gone",
+        Duration::from_secs(90),
+        || server.ok(&["get", "pods", "-o", "name"]).trim().is_empty(),
+        d,
+    );
+    wait_until(
+        "nothing left on the nodes",
+        Duration::from_secs(30),
+        || {
+            leftovers(&ctrd1, &dir1, "node1").is_empty()
+                && leftovers(&ctrd2, &dir2, "node2").is_empty()
+        },
+        || {
+            format!(
+                "{:?}\n{:?}\n{}",
+                leftovers(&ctrd1, &dir1, "node1"),
+                leftovers(&ctrd2, &dir2, "node2"),
+                d()
+            )
+        },
+    );
+    drop(agent2);
+}
