@@ -546,3 +546,201 @@ fn pods_services_dns_logs_exec_and_a_second_node() {
     );
     drop(agent2);
 }
+
+const OUTAGE_WORKLOAD: &str = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: steady}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: steady}}
+  template:
+    metadata: {labels: {app: steady}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+      - {name: c, image: busybox, imagePullPolicy: Never, command: ["sleep", "3600"]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: ticker}
+spec:
+  restartPolicy: OnFailure
+  terminationGracePeriodSeconds: 1
+  containers:
+  - {name: c, image: busybox, imagePullPolicy: Never, command: ["sh", "-c", "echo tick; sleep 15; exit 1"]}
+"#;
+
+/// How long the server stays away; the issue asks for five minutes.
+fn outage() -> Duration {
+    let secs = std::env::var("CAIRN_TEST_OUTAGE_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(300);
+    Duration::from_secs(secs)
+}
+
+fn restart_count(server: &Server, pod: &str) -> u64 {
+    let p = json(server, &["get", "pod", pod]);
+    p["status"]["containerStatuses"][0]["restartCount"]
+        .as_u64()
+        .unwrap_or(0)
+}
+
+#[test]
+fn pods_ride_out_a_server_outage() {
+    let ctrd = TestContainerd::start();
+    let work = tempfile::tempdir().expect("tempdir");
+    let dir = work.path().join("node-a");
+    let _cleanup = HostCleanup {
+        dir: dir.clone(),
+        node: "node-a".into(),
+    };
+    let mut server = Server::start();
+    let agent = Agent::start(&server, "node-a", &dir, &ctrd);
+    let diag = |server: &Server| {
+        format!(
+            "{}\n--- agent\n{}",
+            tail(&server.log(), 40),
+            tail(&agent.log(), 80)
+        )
+    };
+    let d = || diag(&server);
+    wait_until(
+        "node-a Ready",
+        Duration::from_secs(60),
+        || node_ready(&server, "node-a"),
+        d,
+    );
+    server.ok_stdin(&["apply", "-f", "-"], OUTAGE_WORKLOAD);
+    wait_until(
+        "the Deployment rolled out",
+        Duration::from_secs(120),
+        || {
+            server
+                .kubectl(&["rollout", "status", "deployment/steady", "--timeout=5s"])
+                .status
+                .success()
+        },
+        d,
+    );
+    let steady = pod_names(&server, "app=steady");
+    let steady_uids: Vec<String> = steady
+        .iter()
+        .map(|p| server.ok(&["get", "pod", p, "-o", "jsonpath={.metadata.uid}"]))
+        .collect();
+    let victim = steady[0].clone();
+    let victim_id = json(&server, &["get", "pod", &victim])["status"]["containerStatuses"][0]
+        ["containerID"]
+        .as_str()
+        .expect("containerID")
+        .to_string();
+
+    // The server goes away; the node carries on alone.
+    server.kill();
+    std::thread::sleep(Duration::from_secs(5));
+    kill_container(&ctrd, &victim_id);
+    std::thread::sleep(outage());
+    // Both steady pods run (the victim in a new instance); the ticker restarts on its own.
+    let running = running_tasks(&ctrd);
+    for uid in &steady_uids {
+        assert!(
+            running.iter().any(|id| id.starts_with(uid.as_str())),
+            "pod {uid} is not running during the outage: {running:?}\n{}",
+            agent.log()
+        );
+    }
+    assert!(!running.contains(&victim_id.trim_start_matches("containerd://").to_string()));
+
+    // Back again: statuses catch up with what happened meanwhile, nothing doubled.
+    server.restart();
+    let d = || diag(&server);
+    wait_until(
+        "statuses converge",
+        Duration::from_secs(60),
+        || {
+            restart_count(&server, &victim) == 1
+                && restart_count(&server, "ticker") >= 2
+                && node_ready(&server, "node-a")
+                && server
+                    .kubectl(&["rollout", "status", "deployment/steady", "--timeout=2s"])
+                    .status
+                    .success()
+        },
+        || {
+            format!(
+                "victim {} ticker {}\n{}",
+                restart_count(&server, &victim),
+                restart_count(&server, "ticker"),
+                d()
+            )
+        },
+    );
+    let pods = json(&server, &["get", "pods"]);
+    let mut expected: Vec<String> = pods["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter_map(|p| p["status"]["containerStatuses"][0]["containerID"].as_str())
+        .map(|id| id.trim_start_matches("containerd://").to_string())
+        .collect();
+    expected.sort();
+    let mut containers = containers_of(&ctrd);
+    containers.sort();
+    assert_eq!(
+        containers, expected,
+        "containerd holds exactly the pods' current containers"
+    );
+
+    server.ok(&["delete", "deployment", "steady", "--wait=false"]);
+    server.ok(&["delete", "pod", "ticker", "--wait=false"]);
+    wait_until(
+        "all pods gone",
+        Duration::from_secs(60),
+        || server.ok(&["get", "pods", "-o", "name"]).trim().is_empty(),
+        d,
+    );
+    wait_until(
+        "nothing left on the node",
+        Duration::from_secs(30),
+        || leftovers(&ctrd, &dir, "node-a").is_empty(),
+        || format!("{:?}\n{}", leftovers(&ctrd, &dir, "node-a"), d()),
+    );
+}
+
+fn running_tasks(ctrd: &TestContainerd) -> Vec<String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("rt");
+    rt.block_on(async {
+        let c = Containerd::connect(&ctrd.socket, "k8s.io")
+            .await
+            .expect("containerd");
+        c.list_tasks()
+            .await
+            .expect("tasks")
+            .into_iter()
+            .filter(|t| t.status == cairn_runtime::agent::containerd::TaskStatus::Running)
+            .map(|t| t.container_id)
+            .collect()
+    })
+}
+
+fn containers_of(ctrd: &TestContainerd) -> Vec<String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("rt");
+    rt.block_on(async {
+        let c = Containerd::connect(&ctrd.socket, "k8s.io")
+            .await
+            .expect("containerd");
+        c.list_containers(&[])
+            .await
+            .expect("containers")
+            .into_iter()
+            .map(|x| x.id)
+            .collect()
+    })
+}

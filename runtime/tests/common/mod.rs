@@ -15,6 +15,7 @@ pub struct Server {
     pub dir: tempfile::TempDir,
     pub port: u16,
     pub kubeconfig: PathBuf,
+    extra: Vec<String>,
 }
 
 fn free_port() -> u16 {
@@ -40,8 +41,38 @@ impl Server {
     fn launch(dir: tempfile::TempDir, extra: &[String]) -> Server {
         let port = free_port();
         let kubeconfig = dir.path().join("kubeconfig.yaml");
-        let log = std::fs::File::create(dir.path().join("server.log")).expect("log");
-        let child = Command::new(env!("CARGO_BIN_EXE_cairn"))
+        let child = Self::spawn(&dir, port, &kubeconfig, extra);
+        let server = Server {
+            child,
+            dir,
+            port,
+            kubeconfig,
+            extra: extra.to_vec(),
+        };
+        server.wait_ready();
+        server
+    }
+
+    /// Stops the server process (SIGKILL) and leaves it down until [`Server::restart`].
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the server again on the same port and data directory.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.child = Self::spawn(&self.dir, self.port, &self.kubeconfig, &self.extra);
+        self.wait_ready();
+    }
+
+    fn spawn(dir: &tempfile::TempDir, port: u16, kubeconfig: &Path, extra: &[String]) -> Child {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.path().join("server.log"))
+            .expect("log");
+        Command::new(env!("CARGO_BIN_EXE_cairn"))
             .args(["server", "--bind-address", "127.0.0.1"])
             .args(extra)
             .arg("--https-listen-port")
@@ -49,21 +80,18 @@ impl Server {
             .arg("--data-dir")
             .arg(dir.path().join("data"))
             .arg("--write-kubeconfig")
-            .arg(&kubeconfig)
+            .arg(kubeconfig)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
-            .expect("start cairn server");
-        let server = Server {
-            child,
-            dir,
-            port,
-            kubeconfig,
-        };
+            .expect("start cairn server")
+    }
+
+    fn wait_ready(&self) {
         let start = Instant::now();
         loop {
-            if server.kubeconfig.exists() {
-                let out = server.kubectl(&["get", "--raw", "/readyz"]);
+            if self.kubeconfig.exists() {
+                let out = self.kubectl(&["get", "--raw", "/readyz"]);
                 if out.status.success() {
                     break;
                 }
@@ -71,11 +99,10 @@ impl Server {
             assert!(
                 start.elapsed() < Duration::from_secs(30),
                 "server did not become ready: {}",
-                server.log()
+                self.log()
             );
             std::thread::sleep(Duration::from_millis(100));
         }
-        server
     }
 
     pub fn log(&self) -> String {
