@@ -97,6 +97,16 @@ impl Drop for Agent {
     }
 }
 
+/// Each test is a whole cluster whose first node takes 10.42.0.0/24 on this host's network:
+/// two at once would fight over it, so they take turns.
+static ONE_CLUSTER_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn cluster_turn() -> std::sync::MutexGuard<'static, ()> {
+    ONE_CLUSTER_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// What a node leaves on the host when a test fails half-way (the agent keeps pods running
 /// when it stops, as a kubelet does): pod network namespaces, the bridge, the nft table.
 struct HostCleanup {
@@ -315,6 +325,7 @@ fn kill_container(ctrd: &TestContainerd, container_id: &str) {
 
 #[test]
 fn pods_services_dns_logs_exec_and_a_second_node() {
+    let _turn = cluster_turn();
     let ctrd1 = TestContainerd::start();
     let ctrd2 = TestContainerd::start();
     let work = tempfile::tempdir().expect("tempdir");
@@ -589,6 +600,7 @@ fn restart_count(server: &Server, pod: &str) -> u64 {
 
 #[test]
 fn pods_ride_out_a_server_outage() {
+    let _turn = cluster_turn();
     let ctrd = TestContainerd::start();
     let work = tempfile::tempdir().expect("tempdir");
     let dir = work.path().join("node-a");

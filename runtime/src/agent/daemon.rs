@@ -10,12 +10,25 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Retries `f` with back-off (0.5 s doubling to 10 s) until it succeeds, logging failures.
-async fn retry<T, E: std::fmt::Display, F, Fut>(what: &str, mut f: F) -> T
+async fn retry<T, E: std::fmt::Display, F, Fut>(what: &str, f: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = std::result::Result<T, E>>,
 {
-    let mut delay = Duration::from_millis(500);
+    retry_up_to(what, Duration::from_secs(10), f).await
+}
+
+/// [`retry`] with the back-off capped at `max_delay`.
+async fn retry_up_to<T, E: std::fmt::Display, F, Fut>(
+    what: &str,
+    max_delay: Duration,
+    mut f: F,
+) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = std::result::Result<T, E>>,
+{
+    let mut delay = Duration::from_millis(500).min(max_delay);
     let mut warned = false;
     loop {
         match f().await {
@@ -26,11 +39,15 @@ where
                     warned = true;
                 }
                 tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(10));
+                delay = (delay * 2).min(max_delay);
             }
         }
     }
 }
+
+/// How soon a Service sync that nft refused is tried again (on a device the netfilter
+/// modules may still be loading when the agent starts).
+const FAILED_SYNC_RETRY: Duration = Duration::from_secs(1);
 
 fn server_host(url: &str) -> Option<String> {
     let rest = url.split("://").nth(1)?;
@@ -167,9 +184,11 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
     );
     net_cfg.cni_bin_dirs = opts.cni_bin_dirs.clone();
     let net = cni::Network::new(net_cfg)?;
-    net.ensure_bridge()
-        .await
-        .context("creating the pod bridge")?;
+    // On a device the bridge module may still be loading beside the agent's start.
+    retry_up_to("creating the pod bridge", Duration::from_secs(1), || {
+        net.ensure_bridge()
+    })
+    .await;
     let gateway = net.bridge_gateway();
 
     let dns_upstreams = dns::host_upstreams().unwrap_or_default();
@@ -278,6 +297,7 @@ async fn service_loop(
     let mut a = services.subscribe();
     let mut b = slices.subscribe();
     let mut c = pods.subscribe();
+    let mut failed = false;
     loop {
         if services.is_synced() && slices.is_synced() {
             let svc = services.snapshot();
@@ -287,14 +307,22 @@ async fn service_loop(
             view.dns = Some((dns_service_ip, dns_local));
             if let Err(e) = proxy.sync(&view).await {
                 tracing::warn!(error = %e, "programming Services into nftables");
+                failed = true;
+            } else {
+                failed = false;
             }
         }
+        let idle = if failed {
+            FAILED_SYNC_RETRY
+        } else {
+            Duration::from_secs(30)
+        };
         // Coalesce bursts of changes into one rule update.
         tokio::select! {
             _ = a.changed() => {}
             _ = b.changed() => {}
             _ = c.changed() => {}
-            _ = tokio::time::sleep(Duration::from_secs(30)) => {}
+            _ = tokio::time::sleep(idle) => {}
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

@@ -103,8 +103,37 @@ async fn bootstrap(store: &Arc<dyn Store>) -> Result<()> {
             }
         }
     }
+    // Cluster DNS is answered by every node's agent at this address (pods' resolv.conf names
+    // it); the Service makes it discoverable as CoreDNS's would be in K3s.
+    let services =
+        crate::api::resources::find("", "v1", "services").context("services resource")?;
+    let key = services.key(Some("kube-system"), "kube-dns");
+    if store.get(&key).await?.is_none() {
+        let ip = CLUSTER_DNS_IP;
+        let obj = serde_json::json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "kube-dns", "namespace": "kube-system",
+                         "uid": crate::api::objects::new_uid(),
+                         "creationTimestamp": crate::api::objects::now_rfc3339(),
+                         "labels": {"k8s-app": "kube-dns", "kubernetes.io/name": "cairn-dns",
+                                    "kubernetes.io/cluster-service": "true"}},
+            "spec": {"type": "ClusterIP", "clusterIP": ip, "clusterIPs": [ip],
+                     "ipFamilies": ["IPv4"], "ipFamilyPolicy": "SingleStack",
+                     "sessionAffinity": "None", "internalTrafficPolicy": "Cluster",
+                     "ports": [{"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 53},
+                               {"name": "dns-tcp", "port": 53, "protocol": "TCP", "targetPort": 53}]},
+            "status": {"loadBalancer": {}},
+        });
+        match store.create(&key, serde_json::to_vec(&obj)?).await {
+            Ok(_) | Err(crate::store::StoreError::AlreadyExists) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
     Ok(())
 }
+
+/// The cluster DNS Service address (K3s's default), written into pods' resolv.conf.
+pub const CLUSTER_DNS_IP: &str = "10.43.0.10";
 
 fn read_or_make_token(path: &std::path::Path) -> Result<String> {
     if let Ok(t) = std::fs::read_to_string(path) {
