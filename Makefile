@@ -46,6 +46,7 @@ test: unit-test qemu-test
 bench: images
 	$(CARGO) build --release --locked -p cairn-runtime
 	$(CARGO) bench --locked -p cairn-runtime --bench server -- --out $(abspath bench/results/server.json)
+	$(CARGO) bench --locked -p cairn-runtime --bench agent -- --out $(abspath bench/results/agent.json)
 	$(QEMU_TOOL) bench --boards "$(BOARDS)" --out bench/results/boot.json
 
 lint:

@@ -301,6 +301,7 @@ impl Worker {
         let ready = self.shared.record.lock().await.sandbox_ready;
         let dir = pod_dir(&self.ctx, &self.uid);
         if !ready {
+            let t0 = Instant::now();
             let (ns, name) = {
                 let r = self.shared.record.lock().await;
                 (r.namespace.clone(), r.name.clone())
@@ -324,6 +325,7 @@ impl Worker {
             };
             self.write_etc_files(&dir, &ip)
                 .map_err(|e| ("FailedCreatePodSandBox".to_string(), e.to_string()))?;
+            tracing::info!(uid = %self.uid, pod = %name, %ip, ms = t0.elapsed().as_millis() as u64, "pod sandbox ready");
             let mut r = self.shared.record.lock().await;
             r.pod_ip = Some(ip);
             r.sandbox_ready = true;
@@ -548,6 +550,7 @@ impl Worker {
 
     /// Starts a new instance of container `c`.
     async fn start(&mut self, c: &Container, init: bool) -> Result<(), (String, String)> {
+        let t0 = Instant::now();
         let ctx = self.ctx.clone();
         let rec = self.record_of(&c.name, init).await.ok_or_else(|| {
             (
@@ -661,6 +664,7 @@ impl Worker {
             r.ready = !init && !has_startup && !has_readiness;
         })
         .await;
+        tracing::info!(uid = %self.uid, container = %c.name, %id, ms = t0.elapsed().as_millis() as u64, "container started");
         self.probes
             .insert(c.name.clone(), probes::ContainerProbes::new(c));
         if let Some(post) = c.lifecycle.as_ref().and_then(|l| l.post_start.as_ref()) {
