@@ -78,8 +78,9 @@ fn qemu_aarch64_root_has_what_pods_need() {
     let images = on_node(&mut vm, "ls -l /usr/lib/cairn/images/");
     assert!(images.contains("busybox.tar"), "{images}");
 
-    let modules = on_node(&mut vm, "cut -d' ' -f1 /proc/modules");
-    for m in [
+    // The pod-network and Service modules load beside the runtime's start, so they may still
+    // be arriving when the shell is up.
+    let wanted = [
         "bridge",
         "veth",
         "nf_tables",
@@ -90,7 +91,19 @@ fn qemu_aarch64_root_has_what_pods_need() {
         "nft_masq",
         "nft_numgen",
         "nft_fib_ipv4",
-    ] {
+    ];
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let modules = loop {
+        let modules = on_node(&mut vm, "cut -d' ' -f1 /proc/modules");
+        let all = wanted
+            .iter()
+            .all(|m| modules.lines().any(|l| l.trim() == *m));
+        if all || std::time::Instant::now() > deadline {
+            break modules;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    for m in wanted {
         assert!(
             modules.lines().any(|l| l.trim() == m),
             "module {m} is loaded:\n{modules}"
@@ -158,7 +171,16 @@ spec:
 
 #[test]
 fn qemu_aarch64_deployment_runs_from_the_host() {
-    let image = BoardImage::load("qemu-aarch64").expect("built image");
+    deployment_runs_from_the_host("qemu-aarch64");
+}
+
+#[test]
+fn qemu_x86_64_deployment_runs_from_the_host() {
+    deployment_runs_from_the_host("qemu-x86_64");
+}
+
+fn deployment_runs_from_the_host(board: &str) {
+    let image = BoardImage::load(board).expect("built image");
     let disk = Disk::new(&image, "agent", 2).expect("disk");
     let mut vm = Vm::boot(&image, &disk, "boot1").expect("qemu");
     // READY now means the node itself is registered and Ready.
@@ -168,12 +190,17 @@ fn qemu_aarch64_deployment_runs_from_the_host() {
     let nodes = kubectl(&kubeconfig, &["get", "nodes", "--no-headers"], None);
     assert!(nodes.contains(" Ready"), "{nodes}");
 
+    let applied = std::time::Instant::now();
     let out = kubectl(&kubeconfig, &["apply", "-f", "-"], Some(DEPLOYMENT));
     assert!(out.contains("deployment.apps/hello created"), "{out}");
     kubectl(
         &kubeconfig,
         &["rollout", "status", "deployment/hello", "--timeout=240s"],
         None,
+    );
+    eprintln!(
+        "{board}: deployment rolled out {} ms after kubectl apply",
+        applied.elapsed().as_millis()
     );
 
     let wide = kubectl(

@@ -132,14 +132,9 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
         PathBuf::from(BUILTIN_IMAGES_DIR),
     ];
     image_dirs.extend(opts.images_dirs.iter().cloned());
-    for dir in &image_dirs {
-        if dir.is_dir() {
-            let names = images::import_dir(&ctr, dir).await;
-            if !names.is_empty() {
-                tracing::info!(dir = %dir.display(), images = ?names, "imported image archives");
-            }
-        }
-    }
+    // Unpacking archives takes a second or more on a small board: it goes on beside
+    // registration and the pod network, and only the pod manager waits for it.
+    let imported = tokio::spawn(import_image_dirs(ctr.clone(), image_dirs));
 
     let node_ip = opts
         .node_ip
@@ -249,7 +244,17 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
     tokio::spawn(route_loop(nodes, node.clone()));
 
     let manager = pods::PodManager::new(ctx.clone());
-    tokio::spawn(manager.clone().run(pods));
+    // Pods wait for the baked images (else they would try a registry for them); the node's
+    // heartbeat, and so its Ready condition, does not.
+    tokio::spawn({
+        let manager = manager.clone();
+        async move {
+            if let Err(e) = imported.await {
+                tracing::warn!(error = %e, "importing image archives");
+            }
+            manager.run(pods).await
+        }
+    });
     tokio::spawn(tunnel::run(
         opts.server.clone(),
         creds.clone(),
@@ -265,6 +270,18 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
         runtime_version,
     )
     .await
+}
+
+/// Imports the image archives in `dirs` (those that exist) into containerd.
+async fn import_image_dirs(ctr: containerd::Containerd, dirs: Vec<PathBuf>) {
+    for dir in &dirs {
+        if dir.is_dir() {
+            let names = images::import_dir(&ctr, dir).await;
+            if !names.is_empty() {
+                tracing::info!(dir = %dir.display(), images = ?names, "imported image archives");
+            }
+        }
+    }
 }
 
 fn local_ipv4s(node_ip: IpAddr) -> Vec<Ipv4Addr> {
