@@ -78,14 +78,9 @@ pub struct Initramfs {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Root {
-    /// Modules stage 2 loads in the background (not needed to reach the root), before it
-    /// mounts the boot partition and brings the network up.
+    /// Modules stage 2 loads in the background (not needed to reach the root).
     #[serde(default)]
     pub modules: Vec<String>,
-    /// Modules only pods need (pod network, Services), loaded beside the runtime's start so
-    /// they do not hold it back; the agent retries what needs them until they are there.
-    #[serde(default)]
-    pub pod_modules: Vec<String>,
     /// Container images baked into the root (`/usr/lib/cairn/images/<name>.tar`), which the
     /// agent imports at start so pods run with no registry. One of [`BAKED_IMAGES`].
     #[serde(default)]

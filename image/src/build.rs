@@ -51,8 +51,6 @@ pub fn build(opts: &BuildOptions) -> Result<BuildOutput> {
     let root = rootfs::assemble(&board, &pkgs, &bins, &opts.version, &work)?;
     initramfs::module_files(&root.dir, &root.kernel_version, &board.root.modules)
         .context("root.modules")?;
-    initramfs::module_files(&root.dir, &root.kernel_version, &board.root.pod_modules)
-        .context("root.pod_modules")?;
 
     let mtime = u32::try_from(opts.source_date_epoch).unwrap_or(u32::MAX);
     let initrd_path = work.join("initrd.img");

@@ -298,10 +298,6 @@ fn install_cairn(board: &Board, bins: &Binaries, version: &str, root: &Path) -> 
             etc.join("cairn/modules"),
             board.root.modules.iter().map(|m| format!("{m}\n")).collect(),
         ),
-        (
-            etc.join("cairn/pod-modules"),
-            board.root.pod_modules.iter().map(|m| format!("{m}\n")).collect(),
-        ),
         (etc.join("hostname"), "cairn\n".into()),
         (
             etc.join("hosts"),
@@ -383,15 +379,8 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 /// the kernel's xz decompression dominates their load time, and it delays the runtime's
 /// start; the squashfs compresses them anyway. Returns how many were decompressed.
 fn decompress_late_modules(board: &Board, root: &Path, kernel_version: &str) -> Result<usize> {
-    let late: Vec<String> = board
-        .root
-        .modules
-        .iter()
-        .chain(&board.root.pod_modules)
-        .cloned()
-        .collect();
-    let (files, _) =
-        crate::initramfs::module_files(root, kernel_version, &late).context("root.modules")?;
+    let (files, _) = crate::initramfs::module_files(root, kernel_version, &board.root.modules)
+        .context("root.modules")?;
     let moddir = root.join("usr/lib/modules").join(kernel_version);
     let compressed: Vec<PathBuf> = files
         .iter()

@@ -14,8 +14,6 @@ const PERSISTED_CONFIG: &str = "/var/lib/cairn/cairn.toml";
 const BOOT_CONFIG: &str = "/boot/cairn.toml";
 /// Modules stage 2 loads from the root (the board's `root.modules`).
 const LATE_MODULES: &str = "/etc/cairn/modules";
-/// Modules only pods need (the board's `root.pod_modules`).
-const POD_MODULES: &str = "/etc/cairn/pod-modules";
 const SERVER_DATA_DIR: &str = "/var/lib/cairn/server";
 const SERVER_HEALTH_SOCK: &str = "/var/lib/cairn/server/health.sock";
 const SERVER_KUBECONFIG: &str = "/etc/cairn/cairn.yaml";
@@ -190,10 +188,13 @@ fn enable_cgroup_controllers() {
 /// Late drivers, boot partition, configuration, hostname and network.
 fn bring_up_node() -> Node {
     enable_cgroup_controllers();
-    load_modules_from(Path::new(LATE_MODULES), "more");
-    // The pod network and Services take dozens of modules (seconds under emulation): they
-    // load beside the network and the runtime's start, and the agent retries until they are.
-    std::thread::spawn(|| load_modules_from(Path::new(POD_MODULES), "pod-network and Service"));
+    let late = modules::read_list(Path::new(LATE_MODULES));
+    let started = log::boot_ms();
+    let n = modules::load(&modules::module_dir(Path::new("/")), &late, c"");
+    info!(
+        "loaded {n} more kernel modules in {} ms",
+        log::boot_ms().saturating_sub(started)
+    );
     let boot_mounted = mount_boot_partition();
     let config = load_config();
     let hostname = config
@@ -214,20 +215,6 @@ fn bring_up_node() -> Node {
         config,
         boot_mounted,
     }
-}
-
-/// Loads the modules listed in `list` and says how long it took.
-fn load_modules_from(list: &Path, what: &str) {
-    let names = modules::read_list(list);
-    if names.is_empty() {
-        return;
-    }
-    let started = log::boot_ms();
-    let n = modules::load(&modules::module_dir(Path::new("/")), &names, c"");
-    info!(
-        "loaded {n} {what} kernel modules in {} ms",
-        log::boot_ms().saturating_sub(started)
-    );
 }
 
 /// The console shell and the runtime, once configuration and network are known.

@@ -78,9 +78,8 @@ fn qemu_aarch64_root_has_what_pods_need() {
     let images = on_node(&mut vm, "ls -l /usr/lib/cairn/images/");
     assert!(images.contains("busybox.tar"), "{images}");
 
-    // The pod-network and Service modules load beside the runtime's start, so they may still
-    // be arriving when the shell is up.
-    let wanted = [
+    let modules = on_node(&mut vm, "cut -d' ' -f1 /proc/modules");
+    for m in [
         "bridge",
         "veth",
         "nf_tables",
@@ -91,19 +90,7 @@ fn qemu_aarch64_root_has_what_pods_need() {
         "nft_masq",
         "nft_numgen",
         "nft_fib_ipv4",
-    ];
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    let modules = loop {
-        let modules = on_node(&mut vm, "cut -d' ' -f1 /proc/modules");
-        let all = wanted
-            .iter()
-            .all(|m| modules.lines().any(|l| l.trim() == *m));
-        if all || std::time::Instant::now() > deadline {
-            break modules;
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    };
-    for m in wanted {
+    ] {
         assert!(
             modules.lines().any(|l| l.trim() == m),
             "module {m} is loaded:\n{modules}"
