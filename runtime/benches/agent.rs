@@ -96,7 +96,11 @@ fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
 
 fn phase(pods: &Reflector, name: &str) -> String {
     pods.get(&format!("default/{name}"))
-        .and_then(|p| p.pointer("/status/phase").and_then(Value::as_str).map(str::to_string))
+        .and_then(|p| {
+            p.pointer("/status/phase")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        })
         .unwrap_or_default()
 }
 
@@ -208,7 +212,10 @@ fn main() {
             .expect("create pod");
         let mut changes = pods.subscribe();
         while phase(&pods, &name) != "Running" {
-            assert!(t0.elapsed() < Duration::from_secs(60), "pod {name} never ran");
+            assert!(
+                t0.elapsed() < Duration::from_secs(60),
+                "pod {name} never ran"
+            );
             rt.block_on(async {
                 let _ = tokio::time::timeout(Duration::from_millis(200), changes.changed()).await;
             });
@@ -253,13 +260,18 @@ fn main() {
     if let Some(dir) = out.parent() {
         std::fs::create_dir_all(dir).expect("results dir");
     }
-    std::fs::write(&out, serde_json::to_string_pretty(&result).expect("json") + "\n")
-        .expect("write results");
+    std::fs::write(
+        &out,
+        serde_json::to_string_pretty(&result).expect("json") + "\n",
+    )
+    .expect("write results");
     println!("{}", serde_json::to_string_pretty(&result).expect("json"));
     drop(agent);
     // The agent leaves its bridge and table behind on purpose (pods outlive it); remove them.
     let bridge = cairn_runtime::agent::cni::bridge_name_for("bench");
     let _ = Command::new("ip").args(["link", "del", &bridge]).status();
     let table = cairn_runtime::agent::proxy::table_name_for("bench");
-    let _ = Command::new("nft").args(["delete", "table", "ip", &table]).status();
+    let _ = Command::new("nft")
+        .args(["delete", "table", "ip", &table])
+        .status();
 }

@@ -50,6 +50,57 @@ spec:
   - {name: c, image: busybox, imagePullPolicy: Never, command: ["sleep", "3600"]}
 "#;
 
+const SETUP_POD: &str = r#"
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: settings}
+data: {greeting: hello-config}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: creds}
+stringData: {password: s3cr3t}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: setup}
+spec:
+  nodeName: node2
+  terminationGracePeriodSeconds: 1
+  initContainers:
+  - name: init
+    image: busybox
+    imagePullPolicy: Never
+    command: ["sh", "-c", "echo from-init > /work/init.txt"]
+    volumeMounts: [{name: work, mountPath: /work}]
+  containers:
+  - name: main
+    image: busybox
+    imagePullPolicy: Never
+    command: ["sh", "-c", "cat /work/init.txt; echo env $(GREETING) $PASSWORD $MY_POD; cat /config/greeting; echo; cat /info/labels; echo; sleep 3600"]
+    env:
+    - {name: GREETING, valueFrom: {configMapKeyRef: {name: settings, key: greeting}}}
+    - {name: PASSWORD, valueFrom: {secretKeyRef: {name: creds, key: password}}}
+    - {name: MY_POD, valueFrom: {fieldRef: {fieldPath: metadata.name}}}
+    volumeMounts:
+    - {name: work, mountPath: /work}
+    - {name: config, mountPath: /config}
+    - {name: info, mountPath: /info}
+  volumes:
+  - {name: work, emptyDir: {}}
+  - {name: config, configMap: {name: settings}}
+  - name: info
+    downwardAPI: {items: [{path: labels, fieldRef: {fieldPath: metadata.labels}}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: crashy, labels: {app: crashy}}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - {name: c, image: busybox, imagePullPolicy: Never, command: ["sh", "-c", "echo crashing; exit 2"]}
+"#;
+
 /// A `cairn agent` process joining the test's server.
 struct Agent {
     child: Child,
@@ -496,6 +547,76 @@ fn pods_services_dns_logs_exec_and_a_second_node() {
         d,
     );
 
+    // Init containers, an emptyDir, env from a ConfigMap, a Secret and the pod's own fields,
+    // configMap and downwardAPI volumes; a crashing container backs off.
+    server.ok_stdin(&["apply", "-f", "-"], SETUP_POD);
+    wait_until(
+        "setup Running",
+        Duration::from_secs(60),
+        || {
+            server
+                .kubectl(&["get", "pod", "setup", "-o", "jsonpath={.status.phase}"])
+                .stdout
+                == b"Running"
+        },
+        d,
+    );
+    wait_until(
+        "setup's output",
+        Duration::from_secs(30),
+        || {
+            let log = server.ok(&["logs", "setup"]);
+            log.contains("from-init")
+                && log.contains("env hello-config s3cr3t setup")
+                && log.lines().any(|l| l == "hello-config")
+        },
+        || format!("{}\n{}", server.ok(&["logs", "setup"]), d()),
+    );
+    assert_eq!(server.ok(&["logs", "setup", "-c", "init"]).trim(), "");
+    let setup = json(&server, &["get", "pod", "setup"]);
+    assert_eq!(
+        setup["status"]["initContainerStatuses"][0]["state"]["terminated"]["exitCode"],
+        0
+    );
+    wait_until(
+        "crashy in CrashLoopBackOff",
+        Duration::from_secs(60),
+        || {
+            let p = json(&server, &["get", "pod", "crashy"]);
+            let cs = &p["status"]["containerStatuses"][0];
+            cs["state"]["waiting"]["reason"] == "CrashLoopBackOff"
+                && cs["lastState"]["terminated"]["exitCode"] == 2
+                && cs["restartCount"].as_u64().unwrap_or(0) >= 1
+        },
+        d,
+    );
+    assert!(server
+        .ok(&["logs", "crashy", "--previous"])
+        .contains("crashing"));
+
+    // A terminal: kubectl exec -t under a pseudo-terminal that `script` provides.
+    let tty = Command::new("script")
+        .args(["-qec"])
+        .arg(format!(
+            "kubectl --kubeconfig {} exec -it {first} -- tty",
+            server.kubeconfig.display()
+        ))
+        .arg("/dev/null")
+        .stdin(Stdio::null())
+        .output()
+        .expect("script");
+    let tty_out = String::from_utf8_lossy(&tty.stdout).to_string();
+    assert!(
+        tty_out.contains("/dev/pts/"),
+        "exec -t: {tty_out} {}",
+        String::from_utf8_lossy(&tty.stderr)
+    );
+    let timestamps = server.ok(&["logs", first, "--timestamps", "--tail=1"]);
+    assert!(
+        timestamps.starts_with("20") && timestamps.contains("started"),
+        "{timestamps}"
+    );
+
     // A killed container restarts, and its previous log stays readable.
     let pod = json(&server, &["get", "pod", first]);
     let (ctrd_of_pod, cid) = (
@@ -532,7 +653,7 @@ fn pods_services_dns_logs_exec_and_a_second_node() {
     // Deleting everything leaves nothing behind on either node.
     server.ok(&["delete", "deployment", "web", "--wait=false"]);
     server.ok(&["delete", "svc", "web"]);
-    server.ok(&["delete", "pod", "client", "--wait=false"]);
+    server.ok(&["delete", "pod", "client", "setup", "crashy", "--wait=false"]);
     wait_until(
         "all pods gone",
         Duration::from_secs(90),

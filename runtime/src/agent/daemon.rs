@@ -187,13 +187,20 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
     let gateway = net.bridge_gateway();
 
     let dns_upstreams = dns::host_upstreams().unwrap_or_default();
-    let dns_server = dns::DnsServer::start(
-        vec![SocketAddr::new(IpAddr::V4(gateway), 53)],
-        &opts.cluster_domain,
-        dns_upstreams,
+    // Another process on the bridge address's port 53 (a previous agent still stopping) only
+    // delays cluster DNS: keep trying rather than take the node down.
+    let dns_server = retry_up_to(
+        "starting cluster DNS on the pod bridge",
+        Duration::from_secs(5),
+        || {
+            dns::DnsServer::start(
+                vec![SocketAddr::new(IpAddr::V4(gateway), 53)],
+                &opts.cluster_domain,
+                dns_upstreams.clone(),
+            )
+        },
     )
-    .await
-    .context("starting cluster DNS on the pod bridge")?;
+    .await;
 
     let services = Reflector::start(client.clone(), "/api/v1/services".into());
     let slices = Reflector::start(

@@ -463,8 +463,13 @@ pub async fn exec_in(
     };
     let exit: Result<ExitInfo, _> = ctx.ctr.wait_exec(id, &exec_id).await;
     // The process is gone: let the pumps drain, then close.
-    let _ = tokio::time::timeout(Duration::from_secs(2), pump_out).await;
-    let _ = tokio::time::timeout(Duration::from_secs(2), pump_err).await;
+    // With a terminal the shim never opens the stderr FIFO, so a pump may never see its end:
+    // whatever is still running then is cut off, and with it its hold on the client stream.
+    let (mut pump_out, mut pump_err) = (pump_out, pump_err);
+    let _ = tokio::time::timeout(Duration::from_secs(2), &mut pump_out).await;
+    let _ = tokio::time::timeout(Duration::from_millis(200), &mut pump_err).await;
+    pump_out.abort();
+    pump_err.abort();
     if let Some(t) = stdin_task {
         t.abort();
     }
