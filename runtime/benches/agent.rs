@@ -94,6 +94,12 @@ fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     }
 }
 
+fn node_of(pods: &Reflector, name: &str) -> bool {
+    pods.get(&format!("default/{name}"))
+        .and_then(|p| p.pointer("/spec/nodeName").map(|n| n.is_string()))
+        .unwrap_or(false)
+}
+
 fn phase(pods: &Reflector, name: &str) -> String {
     pods.get(&format!("default/{name}"))
         .and_then(|p| {
@@ -104,7 +110,8 @@ fn phase(pods: &Reflector, name: &str) -> String {
         .unwrap_or_default()
 }
 
-/// The agent's log, kept after the run for a look at where the time went.
+/// The agent's log (and the server's beside it), kept after the run for a look at where the
+/// time went.
 fn bench_log() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench-agent.log")
 }
@@ -146,7 +153,9 @@ fn main() {
             .arg("--write-kubeconfig")
             .arg(&kubeconfig)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(
+                std::fs::File::create(bench_log().with_file_name("bench-server.log")).expect("log"),
+            )
             .spawn()
             .expect("cairn server"),
     );
@@ -200,6 +209,7 @@ fn main() {
 
     eprintln!("bench: {PODS} pods, create to Running");
     let mut latencies = Vec::new();
+    let mut scheduled = Vec::new();
     for i in 0..PODS {
         let name = format!("p{i}");
         let pod = json!({"apiVersion": "v1", "kind": "Pod",
@@ -211,7 +221,12 @@ fn main() {
         rt.block_on(client.create("/api/v1/namespaces/default/pods", &pod))
             .expect("create pod");
         let mut changes = pods.subscribe();
+        let mut seen_bound = false;
         while phase(&pods, &name) != "Running" {
+            if !seen_bound && node_of(&pods, &name) {
+                seen_bound = true;
+                scheduled.push(t0.elapsed().as_secs_f64() * 1000.0);
+            }
             assert!(
                 t0.elapsed() < Duration::from_secs(60),
                 "pod {name} never ran"
@@ -223,6 +238,7 @@ fn main() {
         latencies.push(t0.elapsed().as_secs_f64() * 1000.0);
     }
     latencies.sort_by(f64::total_cmp);
+    scheduled.sort_by(f64::total_cmp);
     let rss_with_pods = rss_kib(agent_pid);
 
     rt.block_on(client.delete(
@@ -243,6 +259,7 @@ fn main() {
             "pods": PODS,
             "create_to_running_p50_ms": p50,
             "create_to_running_p99_ms": p99,
+            "create_to_bound_seen_p50_ms": if scheduled.is_empty() { 0.0 } else { percentile(&scheduled, 0.5) },
             "baseline_raw_ctr_run_p50_ms": raw50,
             "baseline_raw_ctr_run_p99_ms": raw99,
             "ratio_p50_to_baseline": p50 / raw50,

@@ -96,12 +96,16 @@ impl ApiClient {
         // hyper-rustls sets ALPN itself from enable_http1/enable_http2 (and panics if the
         // config already has protocols).
         let tls = tls_config(ca_pem, Some(&creds))?;
+        // Small requests (a status patch) must not wait for a delayed ACK under Nagle.
+        let mut tcp = HttpConnector::new();
+        tcp.enforce_http(false);
+        tcp.set_nodelay(true);
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls)
             .https_only()
             .enable_http1()
             .enable_http2()
-            .build();
+            .wrap_connector(tcp);
         let http = Client::builder(TokioExecutor::new())
             // HTTP/2 keep-alive pings need a timer, or the first connection panics.
             .timer(hyper_util::rt::TokioTimer::new())

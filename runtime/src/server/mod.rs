@@ -227,6 +227,8 @@ pub async fn run(opts: ServerOptions) -> Result<()> {
                 continue;
             }
         };
+        // Responses are written in pieces; Nagle would hold the last one for a delayed ACK.
+        let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let api = api.clone();
         let tokens = tokens.clone();
