@@ -12,6 +12,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use super::proxy::{slices_by_service, str_at};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
@@ -634,26 +635,6 @@ impl Records {
             },
         }
     }
-}
-
-fn str_at<'a>(v: &'a Value, path: &[&str]) -> Option<&'a str> {
-    path.iter().try_fold(v, |v, key| v.get(key))?.as_str()
-}
-
-fn slices_by_service(slices: &[Value]) -> HashMap<(String, String), Vec<&Value>> {
-    let mut out: HashMap<(String, String), Vec<&Value>> = HashMap::new();
-    for slice in slices {
-        let (Some(ns), Some(svc)) = (
-            str_at(slice, &["metadata", "namespace"]),
-            str_at(slice, &["metadata", "labels", "kubernetes.io/service-name"]),
-        ) else {
-            continue;
-        };
-        out.entry((ns.to_string(), svc.to_string()))
-            .or_default()
-            .push(slice);
-    }
-    out
 }
 
 fn normalize(name: &str) -> String {

@@ -276,10 +276,11 @@ async fn request(
     Ok((status, body))
 }
 
-/// Accepts any server certificate. Used for exactly one request, fetching `/cacerts`, whose
-/// answer is then checked against the token's hash before anything else is trusted.
+/// Accepts any server certificate. Used for fetching `/cacerts`, whose answer is then checked
+/// against the token's hash before anything else is trusted, and by HTTPS probes (pods serve
+/// whatever certificate they like, and kubelet does not check them either).
 #[derive(Debug)]
-struct AcceptAnyServer(Arc<rustls::crypto::CryptoProvider>);
+pub(crate) struct AcceptAnyServer(pub(crate) Arc<rustls::crypto::CryptoProvider>);
 
 impl rustls::client::danger::ServerCertVerifier for AcceptAnyServer {
     fn verify_server_cert(

@@ -179,11 +179,13 @@ impl ServiceView {
     }
 }
 
-fn str_at<'a>(v: &'a Value, path: &[&str]) -> Option<&'a str> {
+/// The string at `path` (object keys) in an API object.
+pub(crate) fn str_at<'a>(v: &'a Value, path: &[&str]) -> Option<&'a str> {
     path.iter().try_fold(v, |v, key| v.get(key))?.as_str()
 }
 
-fn slices_by_service(slices: &[Value]) -> HashMap<(String, String), Vec<&Value>> {
+/// EndpointSlices grouped by the (namespace, Service) they belong to.
+pub(crate) fn slices_by_service(slices: &[Value]) -> HashMap<(String, String), Vec<&Value>> {
     let mut out: HashMap<(String, String), Vec<&Value>> = HashMap::new();
     for slice in slices {
         let (Some(ns), Some(svc)) = (
