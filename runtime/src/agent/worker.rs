@@ -29,6 +29,9 @@ pub const LABEL_ATTEMPT: &str = "io.cairn.container.attempt";
 /// between anyway.
 const RESYNC: Duration = Duration::from_secs(10);
 
+/// How often ConfigMap, Secret and downward API volumes are brought up to date.
+const VOLUME_REFRESH: Duration = Duration::from_secs(60);
+
 /// One running (or just exited) container instance.
 #[derive(Clone)]
 pub struct Instance {
@@ -157,6 +160,8 @@ pub struct Worker {
     /// Back-off deadline per container after a restart-worthy exit.
     backoff_until: HashMap<String, Instant>,
     last_status: Option<Value>,
+    /// When configMap/secret/downwardAPI volume contents were last brought up to date.
+    volumes_refreshed: Instant,
     pod: Pod,
 }
 
@@ -170,6 +175,7 @@ impl Worker {
             probes: HashMap::new(),
             backoff_until: HashMap::new(),
             last_status: None,
+            volumes_refreshed: Instant::now(),
             pod: Pod::default(),
         }
     }
@@ -249,6 +255,7 @@ impl Worker {
             return Duration::from_secs(5);
         }
         self.shared.record.lock().await.problem = None;
+        self.refresh_volumes().await;
         let mut next = RESYNC;
         let spec = self.pod.spec.clone().unwrap_or_default();
         // Init containers, one at a time, each to a successful exit.
@@ -295,6 +302,26 @@ impl Worker {
         }
         self.save_record().await;
         next
+    }
+
+    /// Updated ConfigMaps and Secrets reach running containers (atomically, through the
+    /// volume's `..data` link), at most once a minute, as kubelet's periodic sync does.
+    async fn refresh_volumes(&mut self) {
+        if self.volumes.is_empty() || self.volumes_refreshed.elapsed() < VOLUME_REFRESH {
+            return;
+        }
+        self.volumes_refreshed = Instant::now();
+        let ip = self.shared.record.lock().await.pod_ip.clone();
+        if let Err(e) = volumes::refresh(
+            &self.ctx.data_dir.join("pods"),
+            &self.pod,
+            self.ctx.source.as_ref(),
+            &self.node_facts(ip),
+        )
+        .await
+        {
+            tracing::info!(uid = %self.uid, error = %e, "refreshing pod volumes");
+        }
     }
 
     async fn ensure_sandbox(&mut self) -> Result<(), (String, String)> {
@@ -544,8 +571,25 @@ impl Worker {
         self.save_record().await;
     }
 
-    fn oom_killed(&self, _id: &str) -> bool {
-        false
+    /// Whether the kernel's OOM killer ended the instance: its cgroup (still there until the
+    /// task is deleted) counts `oom_kill` events, in memory.events on cgroup v2 and in
+    /// memory.oom_control on v1.
+    fn oom_killed(&self, id: &str) -> bool {
+        let rel = format!("cairn/pod{}/{id}", self.uid);
+        let root = std::path::Path::new("/sys/fs/cgroup");
+        [
+            root.join(&rel).join("memory.events"),
+            root.join("memory").join(&rel).join("memory.oom_control"),
+        ]
+        .iter()
+        .filter_map(|p| std::fs::read_to_string(p).ok())
+        .any(|text| {
+            text.lines().any(|l| {
+                l.strip_prefix("oom_kill ")
+                    .and_then(|n| n.trim().parse::<u64>().ok())
+                    .is_some_and(|n| n > 0)
+            })
+        })
     }
 
     /// Starts a new instance of container `c`.
@@ -576,7 +620,7 @@ impl Worker {
         let envs = env::resolve(&self.pod, c, ctx.source.as_ref(), &self.node_facts(pod_ip))
             .await
             .map_err(|e| ("CreateContainerConfigError".to_string(), e.to_string()))?;
-        let mut mounts = volumes::mounts_for(c, &self.volumes)
+        let mut mounts = volumes::mounts_for_with_env(c, &self.volumes, &envs)
             .map_err(|e| ("CreateContainerConfigError".to_string(), e.to_string()))?;
         mounts.extend(self.etc_mounts(&c.name));
         // A restart is a new attempt: the previous instance's log stays for `--previous`.
