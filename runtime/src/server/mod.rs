@@ -132,6 +132,71 @@ async fn bootstrap(store: &Arc<dyn Store>) -> Result<()> {
     Ok(())
 }
 
+/// Endpoints and an EndpointSlice for the `kubernetes` Service, so pods reach the API at
+/// 10.43.0.1:443 (the agents' proxies DNAT it to this address). Rewritten at every start, as
+/// the address may have changed; skipped when the server listens on loopback only, which pods
+/// cannot reach.
+async fn publish_api_endpoints(store: &Arc<dyn Store>, bind: IpAddr, port: u16) -> Result<()> {
+    use crate::controllers::util;
+    let ip = if bind.is_unspecified() {
+        match local_addresses().into_iter().find(|a| !a.is_loopback()) {
+            Some(ip) => ip,
+            None => return Ok(()),
+        }
+    } else if bind.is_loopback() {
+        return Ok(());
+    } else {
+        bind
+    };
+    let endpoints = crate::api::resources::find("", "v1", "endpoints").context("endpoints")?;
+    let slices = crate::api::resources::find("discovery.k8s.io", "v1", "endpointslices")
+        .context("endpointslices")?;
+    let wanted = [
+        (
+            endpoints,
+            serde_json::json!({
+                "apiVersion": "v1", "kind": "Endpoints",
+                "metadata": {"name": "kubernetes", "namespace": "default",
+                             "labels": {"endpointslice.kubernetes.io/skip-mirror": "true"}},
+                "subsets": [{"addresses": [{"ip": ip.to_string()}],
+                             "ports": [{"name": "https", "port": port, "protocol": "TCP"}]}],
+            }),
+        ),
+        (
+            slices,
+            serde_json::json!({
+                "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                "metadata": {"name": "kubernetes", "namespace": "default",
+                             "labels": {"kubernetes.io/service-name": "kubernetes",
+                                        "endpointslice.kubernetes.io/managed-by": "cairn-server"}},
+                "addressType": "IPv4",
+                "endpoints": [{"addresses": [ip.to_string()], "conditions": {"ready": true}}],
+                "ports": [{"name": "https", "port": port, "protocol": "TCP"}],
+            }),
+        ),
+    ];
+    for (r, obj) in wanted {
+        let key = r.key(Some("default"), "kubernetes");
+        match util::get(&**store, &key).await? {
+            None => {
+                util::create(&**store, r, obj).await?;
+            }
+            Some(old) => {
+                let mut new = old.clone();
+                for field in ["subsets", "endpoints", "ports", "addressType"] {
+                    if let Some(v) = obj.get(field) {
+                        new[field] = v.clone();
+                    }
+                }
+                if new != old {
+                    util::update(&**store, r, &old, new).await?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The cluster DNS Service address (K3s's default), written into pods' resolv.conf.
 pub const CLUSTER_DNS_IP: &str = "10.43.0.10";
 
@@ -159,6 +224,7 @@ pub async fn run(opts: ServerOptions) -> Result<()> {
     sqlite.spawn_compactor(Duration::from_secs(300), 1000);
     let store: Arc<dyn Store> = sqlite;
     bootstrap(&store).await?;
+    publish_api_endpoints(&store, opts.bind_address, opts.port).await?;
     // Scheduler, ReplicaSet, Deployment and garbage collector: they run for the server's life.
     let _controllers = crate::controllers::spawn_all(store.clone());
 
