@@ -809,20 +809,44 @@ fn pods_ride_out_a_server_outage() {
             )
         },
     );
-    let pods = json(&server, &["get", "pods"]);
-    let mut expected: Vec<String> = pods["items"]
-        .as_array()
-        .expect("items")
-        .iter()
-        .filter_map(|p| p["status"]["containerStatuses"][0]["containerID"].as_str())
-        .map(|id| id.trim_start_matches("containerd://").to_string())
-        .collect();
-    expected.sort();
-    let mut containers = containers_of(&ctrd);
-    containers.sort();
-    assert_eq!(
-        containers, expected,
-        "containerd holds exactly the pods' current containers"
+    // No orphan (every container is a pod's current one; a pod waiting out its back-off has
+    // none), no duplicate (one container per pod), no steady pod without one. Asked again for
+    // a moment, in case a restart is between containerd and the status report.
+    let check = || -> Result<(), String> {
+        let pods = json(&server, &["get", "pods"]);
+        let current: Vec<String> = pods["items"]
+            .as_array()
+            .ok_or("no items")?
+            .iter()
+            .filter_map(|p| p["status"]["containerStatuses"][0]["containerID"].as_str())
+            .map(|id| id.trim_start_matches("containerd://").to_string())
+            .collect();
+        let containers = containers_of(&ctrd);
+        if let Some(c) = containers.iter().find(|c| !current.contains(c)) {
+            return Err(format!(
+                "orphaned container {c}: {containers:?} vs {current:?}"
+            ));
+        }
+        let mut owners: Vec<&str> = containers.iter().map(|c| &c[..36]).collect();
+        owners.sort();
+        owners.dedup();
+        if owners.len() != containers.len() {
+            return Err(format!("duplicates: {containers:?}"));
+        }
+        match steady_uids
+            .iter()
+            .find(|u| !containers.iter().any(|c| c.starts_with(u.as_str())))
+        {
+            Some(uid) => Err(format!("{uid} lost its container: {containers:?}")),
+            None => Ok(()),
+        }
+    };
+    let last = std::cell::RefCell::new(String::new());
+    wait_until(
+        "containerd to hold just the pods' containers",
+        Duration::from_secs(10),
+        || check().map_err(|e| *last.borrow_mut() = e).is_ok(),
+        || last.borrow().clone(),
     );
 
     server.ok(&["delete", "deployment", "steady", "--wait=false"]);
