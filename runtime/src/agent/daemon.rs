@@ -149,7 +149,13 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
         network_ok: false,
         problem: Some("container network is not set up yet".into()),
     };
-    let initial = node::status(&machine, &not_ready, &addresses, None, &node::now_rfc3339());
+    let initial = node::status(
+        &machine,
+        &not_ready,
+        &addresses,
+        None,
+        &crate::api::objects::now_rfc3339(),
+    );
     // Registration waits for the server unless this node already knows its podCIDR.
     let registered = {
         let client = client.clone();
@@ -422,7 +428,7 @@ async fn heartbeat(
             &health,
             &addresses,
             conditions.as_ref(),
-            &node::now_rfc3339(),
+            &crate::api::objects::now_rfc3339(),
         );
         let fp = node::fingerprint(&status);
         let due = match &last_posted {

@@ -11,11 +11,13 @@
 //! - the config names the unpacked snapshot chain (`containerd.io/gc.ref.snapshot.<sn>`),
 //! - the image record names the top descriptor.
 
+// RFC 3339 UTC time, for containerd's gc.expire label.
+use crate::api::objects::rfc3339_at as rfc3339;
 use std::collections::HashMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use containerd_client::services::v1 as api;
@@ -883,28 +885,6 @@ impl Store {
 
 fn is_compressed(media_type: &str) -> bool {
     media_type.ends_with("+gzip") || media_type.ends_with(".gzip") || media_type.ends_with("+zstd")
-}
-
-/// RFC 3339 UTC time, for containerd's gc.expire label.
-fn rfc3339(t: SystemTime) -> String {
-    let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
 }
 
 // --- local images ---
@@ -1804,6 +1784,7 @@ async fn pull_into(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::UNIX_EPOCH;
 
     #[test]
     fn normalizes_like_docker() {

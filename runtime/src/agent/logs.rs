@@ -369,7 +369,7 @@ pub fn format_rfc3339_nano(nanos: i128, fixed: bool) -> String {
     let frac = nanos.rem_euclid(1_000_000_000) as u32;
     let days = secs.div_euclid(86_400);
     let tod = secs.rem_euclid(86_400);
-    let (y, m, d) = civil_from_days(days);
+    let (y, m, d) = crate::api::objects::civil_from_days(days);
     let base = format!(
         "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}",
         tod / 3600,
@@ -424,32 +424,9 @@ pub fn parse_rfc3339_nanos(s: &str) -> Option<i128> {
         }
         _ => return None,
     };
-    let secs = days_from_civil(y, mo, d) * 86_400 + hh * 3600 + mm * 60 + ss - offset;
+    let secs =
+        crate::api::objects::days_from_civil(y, mo, d) * 86_400 + hh * 3600 + mm * 60 + ss - offset;
     Some(i128::from(secs) * 1_000_000_000 + frac)
-}
-
-// Howard Hinnant's civil-date algorithms.
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y.rem_euclid(400);
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-pub(crate) fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
 }
 
 #[cfg(test)]

@@ -141,10 +141,6 @@ pub fn k8s_arch() -> &'static str {
     }
 }
 
-pub fn now_rfc3339() -> String {
-    crate::api::objects::now_rfc3339()
-}
-
 /// The Lease's renewTime is a MicroTime: RFC 3339 with microseconds.
 pub fn now_micro() -> String {
     let now = std::time::SystemTime::now()

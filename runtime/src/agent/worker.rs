@@ -10,6 +10,8 @@
 use super::containerd::{self, Containerd, ExitInfo};
 use super::podstatus::{backoff_delay, ContainerRecord, ContainerState, PodRecord, RestartPolicy};
 use super::{env, images, logs, probes, spec, volumes, NodeContext};
+use crate::api::objects::{now_rfc3339 as now, rfc3339_at as rfc3339};
+use crate::controllers::util::str_at;
 use k8s_openapi::api::core::v1::{Container, Pod};
 use serde_json::{json, Value};
 use std::collections::HashMap;
@@ -63,24 +65,8 @@ impl PodShared {
     }
 }
 
-fn rfc3339(t: SystemTime) -> String {
-    let secs = t
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs() as i64;
-    crate::api::objects::rfc3339(secs)
-}
-
-fn now() -> String {
-    crate::api::objects::now_rfc3339()
-}
-
 pub fn pod_dir(ctx: &NodeContext, uid: &str) -> PathBuf {
     ctx.data_dir.join("pods").join(uid)
-}
-
-fn str_at<'a>(v: &'a Value, p: &str) -> &'a str {
-    v.pointer(p).and_then(Value::as_str).unwrap_or("")
 }
 
 pub fn instance_id(uid: &str, container: &str, attempt: u32) -> String {

@@ -137,7 +137,7 @@ impl Schedule {
         if self.minute & (1 << minute) == 0 || self.hour & (1 << hour) == 0 {
             return false;
         }
-        let (_, month, day) = civil_from_days(days);
+        let (_, month, day) = crate::api::objects::civil_from_days(days);
         if self.month & (1 << month) == 0 {
             return false;
         }
@@ -175,19 +175,6 @@ impl Schedule {
         }
         None
     }
-}
-
-/// (year, month 1-12, day 1-31) of a day number since the epoch (Howard Hinnant's algorithm).
-fn civil_from_days(z: i64) -> (i64, i64, i64) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
 }
 
 /// What one sync of a CronJob must do.

@@ -185,14 +185,7 @@ pub fn parse_rfc3339(s: &str) -> Option<i64> {
         }
         _ => return None,
     };
-    // Days from civil (Howard Hinnant's algorithm), the inverse of objects::rfc3339.
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y.rem_euclid(400);
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
+    let days = crate::api::objects::days_from_civil(y, m, d);
     Some(days * 86_400 + hh * 3600 + mm * 60 + ss - offset)
 }
 

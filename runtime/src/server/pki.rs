@@ -71,7 +71,7 @@ impl Pki {
 /// Today's UTC date.
 fn today() -> (i32, u8, u8) {
     let days = crate::controllers::util::now_secs().div_euclid(86_400);
-    let (y, m, d) = crate::agent::logs::civil_from_days(days);
+    let (y, m, d) = crate::api::objects::civil_from_days(days);
     (y as i32, m as u8, d as u8)
 }
 
