@@ -217,12 +217,7 @@ impl PodManager {
                         continue;
                     }
                     tracing::info!(id = %c.id, "removing container of a pod no longer on this node");
-                    let ctr = &self.ctx.ctr;
-                    let _ = ctr.kill(&c.id, libc::SIGKILL as u32, true).await;
-                    let _ = tokio::time::timeout(Duration::from_secs(10), ctr.wait(&c.id)).await;
-                    let _ = ctr.delete_task(&c.id).await;
-                    let _ = ctr.delete_container(&c.id).await;
-                    let _ = ctr.remove_snapshot(&c.id).await;
+                    worker::remove_container(&self.ctx.ctr, &c.id).await;
                 }
             }
             Err(e) => tracing::warn!(error = %e, "listing containers for clean-up"),

@@ -892,26 +892,9 @@ impl Worker {
         }
     }
 
-    /// Removes a containerd container with its task and snapshot (idempotent).
+    /// Removes one of this pod's instances: the container (see [`remove_container`]) and its FIFOs.
     async fn remove_instance(&self, id: &str) {
-        let ctr = &self.ctx.ctr;
-        if let Ok(Some(_)) = ctr.task_state(id).await {
-            let _ = ctr.kill(id, libc::SIGKILL as u32, true).await;
-            let _ = tokio::time::timeout(Duration::from_secs(10), ctr.wait(id)).await;
-            if let Err(e) = ctr.delete_task(id).await {
-                tracing::warn!(%id, error = %e, "deleting task");
-            }
-        }
-        if let Err(e) = ctr.delete_container(id).await {
-            if !e.is_not_found() {
-                tracing::warn!(%id, error = %e, "deleting container");
-            }
-        }
-        if let Err(e) = ctr.remove_snapshot(id).await {
-            if !e.is_not_found() {
-                tracing::debug!(%id, error = %e, "removing snapshot");
-            }
-        }
+        remove_container(&self.ctx.ctr, id).await;
         let fifo_dir = pod_dir(&self.ctx, &self.uid).join("fifo");
         for suffix in ["stdout", "stderr", "stdin"] {
             let _ = std::fs::remove_file(fifo_dir.join(format!("{id}-{suffix}")));
@@ -988,6 +971,28 @@ impl Worker {
         {
             Ok(_) => self.last_status = Some(status),
             Err(e) => tracing::debug!(%path, error = %e, "pod status not reported (will retry)"),
+        }
+    }
+}
+
+/// Removes a containerd container with its task and snapshot, killing the task first if it
+/// still runs (idempotent).
+pub async fn remove_container(ctr: &Containerd, id: &str) {
+    if let Ok(Some(_)) = ctr.task_state(id).await {
+        let _ = ctr.kill(id, libc::SIGKILL as u32, true).await;
+        let _ = tokio::time::timeout(Duration::from_secs(10), ctr.wait(id)).await;
+        if let Err(e) = ctr.delete_task(id).await {
+            tracing::warn!(%id, error = %e, "deleting task");
+        }
+    }
+    if let Err(e) = ctr.delete_container(id).await {
+        if !e.is_not_found() {
+            tracing::warn!(%id, error = %e, "deleting container");
+        }
+    }
+    if let Err(e) = ctr.remove_snapshot(id).await {
+        if !e.is_not_found() {
+            tracing::debug!(%id, error = %e, "removing snapshot");
         }
     }
 }
