@@ -118,17 +118,13 @@ pub trait NodeStreams: Send + Sync + 'static {
 
 #[derive(Debug, thiserror::Error)]
 pub enum TunnelError {
-    #[error("server address {0:?} is not an https URL")]
-    Url(String),
-    #[error("connecting to {addr}: {source}")]
-    Connect {
-        addr: String,
-        source: std::io::Error,
-    },
-    #[error("TLS: {0}")]
-    Tls(String),
+    /// Reaching the server: its address, the connection, TLS with the node's credentials.
+    #[error(transparent)]
+    Connect(#[from] super::join::JoinError),
     #[error("HTTP: {0}")]
     Http(#[from] hyper::Error),
+    #[error("building the tunnel request: {0}")]
+    Request(#[from] hyper::http::Error),
     #[error("the server refused the tunnel: {status} {body}")]
     Refused { status: StatusCode, body: String },
 }
@@ -229,19 +225,8 @@ async fn serve_once(
     creds: &NodeCredentials,
     streams: Arc<dyn NodeStreams>,
 ) -> Result<(), TunnelError> {
-    let cfg = creds
-        .client_config(&[b"http/1.1"])
-        .map_err(|e| TunnelError::Tls(e.to_string()))?;
-    let (tls, authority) =
-        super::join::connect_tls(server_url, cfg)
-            .await
-            .map_err(|e| match e {
-                super::join::JoinError::Url(u) => TunnelError::Url(u),
-                super::join::JoinError::Connect { addr, source } => {
-                    TunnelError::Connect { addr, source }
-                }
-                other => TunnelError::Tls(other.to_string()),
-            })?;
+    let cfg = creds.client_config(&[b"http/1.1"])?;
+    let (tls, authority) = super::join::connect_tls(server_url, cfg).await?;
     let (mut sender, conn) =
         hyper::client::conn::http1::handshake::<_, http_body_util::Empty<Bytes>>(TokioIo::new(tls))
             .await?;
@@ -254,8 +239,7 @@ async fn serve_once(
         .header(hyper::header::HOST, authority)
         .header(hyper::header::CONNECTION, "Upgrade")
         .header(hyper::header::UPGRADE, UPGRADE_PROTOCOL)
-        .body(http_body_util::Empty::new())
-        .map_err(|e| TunnelError::Tls(e.to_string()))?;
+        .body(http_body_util::Empty::new())?;
     let res = sender.send_request(req).await?;
     if res.status() != StatusCode::SWITCHING_PROTOCOLS {
         let status = res.status();
