@@ -149,6 +149,10 @@ pub struct Worker {
     /// When configMap/secret/downwardAPI volume contents were last brought up to date.
     volumes_refreshed: Instant,
     pod: Pod,
+    /// The pod object `pod` was parsed from.
+    pod_json: Option<Value>,
+    /// The record as last written to `state.json`.
+    saved_record: std::sync::Mutex<Option<PodRecord>>,
 }
 
 impl Worker {
@@ -163,6 +167,8 @@ impl Worker {
             last_status: None,
             volumes_refreshed: Instant::now(),
             pod: Pod::default(),
+            pod_json: None,
+            saved_record: std::sync::Mutex::new(None),
         }
     }
 
@@ -203,17 +209,30 @@ impl Worker {
         }
     }
 
+    /// Takes the pod as the API has it now; parsed and written to disk only when it changed
+    /// (the worker looks at it on every pass, and nodes often run from SD cards).
     fn load_pod(&mut self, pod: &Value) {
+        if self.pod_json.as_ref() == Some(pod) {
+            return;
+        }
         match serde_json::from_value::<Pod>(pod.clone()) {
             Ok(p) => self.pod = p,
             Err(e) => tracing::warn!(uid = %self.uid, error = %e, "pod does not parse"),
         }
         save_json(&pod_dir(&self.ctx, &self.uid).join("pod.json"), pod);
+        self.pod_json = Some(pod.clone());
     }
 
+    /// Writes the record to disk when it differs from what was written last.
     async fn save_record(&self) {
         let r = self.shared.record.lock().await.clone();
-        save_json(&pod_dir(&self.ctx, &self.uid).join("state.json"), &r);
+        let Ok(mut saved) = self.saved_record.lock() else {
+            return;
+        };
+        if saved.as_ref() != Some(&r) {
+            save_json(&pod_dir(&self.ctx, &self.uid).join("state.json"), &r);
+            *saved = Some(r);
+        }
     }
 
     fn node_facts(&self, pod_ip: Option<String>) -> env::NodeFacts {
