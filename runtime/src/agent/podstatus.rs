@@ -103,6 +103,15 @@ impl ContainerRecord {
         }
     }
 
+    /// Waits (back-off, failed start) keeping a finished instance as `lastState`, as the
+    /// kubelet does: a container waiting to restart still shows how it last ended.
+    pub fn wait(&mut self, reason: &str, message: impl Into<String>) {
+        if !matches!(self.state, ContainerState::Waiting { .. }) {
+            self.last_state = Some(self.state.clone());
+        }
+        self.state = ContainerState::waiting(reason, message);
+    }
+
     fn to_json(&self) -> Value {
         let mut v = json!({
             "name": self.name,
@@ -317,6 +326,18 @@ mod tests {
             started_at: "T0".into(),
             finished_at: "T1".into(),
         }
+    }
+
+    #[test]
+    fn waiting_to_restart_keeps_how_the_container_last_ended() {
+        let mut c = ContainerRecord::new("c", "busybox");
+        c.state = term(137);
+        c.wait("RunContainerError", "netns busy");
+        c.wait("CrashLoopBackOff", "back-off 10s");
+        assert_eq!(c.last_state, Some(term(137)));
+        assert!(
+            matches!(&c.state, ContainerState::Waiting { reason, .. } if reason == "CrashLoopBackOff")
+        );
     }
 
     fn pod(policy: RestartPolicy, states: Vec<ContainerState>) -> PodRecord {

@@ -506,13 +506,8 @@ impl Worker {
                     self.pod.metadata.namespace.clone().unwrap_or_default(),
                     self.uid
                 );
-                self.update_record(&c.name, init, |r| {
-                    if !matches!(r.state, ContainerState::Waiting { .. }) {
-                        r.last_state = Some(r.state.clone());
-                    }
-                    r.state = ContainerState::waiting("CrashLoopBackOff", message);
-                })
-                .await;
+                self.update_record(&c.name, init, |r| r.wait("CrashLoopBackOff", message))
+                    .await;
                 return Step::After(wait);
             }
         }
@@ -520,10 +515,8 @@ impl Worker {
             Ok(()) => Step::After(Duration::from_millis(500)),
             Err((reason, message)) => {
                 tracing::info!(uid = %self.uid, container = %c.name, %reason, %message, "container not started");
-                self.update_record(&c.name, init, |r| {
-                    r.state = ContainerState::waiting(&reason, message);
-                })
-                .await;
+                self.update_record(&c.name, init, |r| r.wait(&reason, message))
+                    .await;
                 let attempts = self.backoff_until.len() as u32 + 1;
                 Step::After(backoff_delay(attempts).min(Duration::from_secs(20)))
             }
