@@ -1,0 +1,463 @@
+//! The update bundle: one file, read once from start to end (see `update/FORMAT.md`).
+//!
+//! ```text
+//! 0    8   magic "CAIRNBDL"
+//! 8    2   format version, u16 LE (1)
+//! 10   2   flags, u16 LE (0)
+//! 12   4   manifest length M, u32 LE (1..=65536)
+//! 16   32  key id: SHA-256 of the signer's ed25519 public key
+//! 48   64  ed25519 signature over bytes 0..48 followed by the manifest
+//! 112  M   manifest, UTF-8 JSON
+//! 112+M    payload: exactly manifest.payload.size bytes (a squashfs root)
+//! ...      each boot file of manifest.boot_files, in order, exactly its size; then end of file
+//! ```
+
+use crate::keys::{self, PublicKey, SigningKey};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::io::{Read, Write};
+
+pub const MAGIC: &[u8; 8] = b"CAIRNBDL";
+pub const FORMAT_VERSION: u16 = 1;
+pub const HEADER_LEN: usize = 112;
+pub const MAX_MANIFEST: u32 = 64 * 1024;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format: u16,
+    pub board: String,
+    pub arch: String,
+    pub version: String,
+    /// The anti-rollback floor: once this bundle's slot commits, nothing older installs.
+    pub min_version: String,
+    /// SOURCE_DATE_EPOCH of the build.
+    pub created: u64,
+    pub payload: Payload,
+    /// Files after the payload that go to the slot's directory on the boot partition (the
+    /// kernel and initramfs that boot this root).
+    pub boot_files: Vec<BootFile>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Payload {
+    /// "squashfs".
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub size: u64,
+    pub sha256: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BootFile {
+    pub name: String,
+    pub size: u64,
+    pub sha256: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BundleError {
+    #[error("not a cairn update bundle (no CAIRNBDL magic at the start)")]
+    NotABundle,
+    #[error("bundle format {0} is newer than this cairn understands (1): update cairn first")]
+    UnsupportedFormat(u16),
+    #[error("bundle ends inside its {0}: the file is truncated")]
+    TruncatedHeader(&'static str),
+    #[error("bundle manifest of {0} bytes is out of bounds (1..=65536)")]
+    ManifestSize(u32),
+    #[error("bundle is not signed")]
+    Unsigned,
+    #[error(
+        "bundle is signed by key {0}, which this device does not trust (/etc/cairn/update-keys)"
+    )]
+    UnknownKey(String),
+    #[error("bundle signature does not match its manifest: the bundle was altered or damaged")]
+    BadSignature,
+    #[error("bundle manifest is not valid: {0}")]
+    Manifest(String),
+    #[error("payload truncated: {got} of {expected} bytes arrived")]
+    PayloadTruncated { got: u64, expected: u64 },
+    #[error("payload is longer than the {expected} bytes its manifest declares")]
+    PayloadOversized { expected: u64 },
+    #[error("payload hash mismatch: manifest says {expected}, the data hashes to {got}")]
+    PayloadHash { expected: String, got: String },
+    #[error("reading the bundle: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// The fixed part of the header, as signed.
+fn signed_prefix(manifest_len: u32, key_id: &[u8; 32]) -> [u8; 48] {
+    let mut h = [0u8; 48];
+    h[0..8].copy_from_slice(MAGIC);
+    h[8..10].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    h[12..16].copy_from_slice(&manifest_len.to_le_bytes());
+    h[16..48].copy_from_slice(key_id);
+    h
+}
+
+/// Writes a signed bundle: header, manifest, the payload copied from `payload`, then the
+/// boot files copied from `boot_files` (one reader per manifest entry, in order).
+pub fn write(
+    out: &mut impl Write,
+    key: &SigningKey,
+    manifest: &Manifest,
+    payload: &mut impl Read,
+    boot_files: &mut [&mut dyn Read],
+) -> Result<(), BundleError> {
+    if boot_files.len() != manifest.boot_files.len() {
+        return Err(BundleError::Manifest(format!(
+            "{} boot files declared, {} given",
+            manifest.boot_files.len(),
+            boot_files.len()
+        )));
+    }
+    let json =
+        serde_json::to_vec_pretty(manifest).map_err(|e| BundleError::Manifest(e.to_string()))?;
+    let len = u32::try_from(json.len()).unwrap_or(u32::MAX);
+    if len == 0 || len > MAX_MANIFEST {
+        return Err(BundleError::ManifestSize(len));
+    }
+    let prefix = signed_prefix(len, &key.public().id());
+    let mut message = prefix.to_vec();
+    message.extend_from_slice(&json);
+    let signature = key.sign(&message);
+    out.write_all(&prefix)?;
+    out.write_all(&signature)?;
+    out.write_all(&json)?;
+    copy_exact(payload, out, manifest.payload.size)?;
+    for (reader, f) in boot_files.iter_mut().zip(&manifest.boot_files) {
+        copy_exact(reader, out, f.size)?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+fn copy_exact(
+    from: &mut (impl Read + ?Sized),
+    out: &mut impl Write,
+    size: u64,
+) -> Result<(), BundleError> {
+    let copied = std::io::copy(&mut from.take(size), out)?;
+    if copied != size {
+        return Err(BundleError::PayloadTruncated {
+            got: copied,
+            expected: size,
+        });
+    }
+    Ok(())
+}
+
+/// A bundle whose header and manifest are read and whose signature is verified; the payload
+/// is still unread in the stream.
+pub struct Opened<R> {
+    pub manifest: Manifest,
+    pub key: PublicKey,
+    stream: R,
+}
+
+fn read_exact_or(r: &mut impl Read, buf: &mut [u8], what: &'static str) -> Result<(), BundleError> {
+    r.read_exact(buf).map_err(|e| match e.kind() {
+        std::io::ErrorKind::UnexpectedEof => BundleError::TruncatedHeader(what),
+        _ => BundleError::Io(e),
+    })
+}
+
+/// Reads and verifies the header and manifest against the trusted keys. Nothing of the
+/// manifest is believed before its signature checks out.
+pub fn open<R: Read>(mut stream: R, trusted: &[PublicKey]) -> Result<Opened<R>, BundleError> {
+    let mut header = [0u8; HEADER_LEN];
+    read_exact_or(&mut stream, &mut header[..8], "header")?;
+    if &header[..8] != MAGIC {
+        return Err(BundleError::NotABundle);
+    }
+    read_exact_or(&mut stream, &mut header[8..], "header")?;
+    let format = u16::from_le_bytes([header[8], header[9]]);
+    if format != FORMAT_VERSION {
+        return Err(BundleError::UnsupportedFormat(format));
+    }
+    let len = u32::from_le_bytes(header[12..16].try_into().unwrap_or_default());
+    if len == 0 || len > MAX_MANIFEST {
+        return Err(BundleError::ManifestSize(len));
+    }
+    let mut key_id = [0u8; 32];
+    key_id.copy_from_slice(&header[16..48]);
+    let mut signature = [0u8; 64];
+    signature.copy_from_slice(&header[48..112]);
+    if signature == [0u8; 64] {
+        return Err(BundleError::Unsigned);
+    }
+    let key = trusted
+        .iter()
+        .find(|k| k.id() == key_id)
+        .cloned()
+        .ok_or_else(|| BundleError::UnknownKey(keys::short_id(&key_id)))?;
+    let mut json = vec![0u8; len as usize];
+    read_exact_or(&mut stream, &mut json, "manifest")?;
+    let mut message = header[..48].to_vec();
+    message.extend_from_slice(&json);
+    if !keys::verify(&key, &message, &signature) {
+        return Err(BundleError::BadSignature);
+    }
+    let manifest: Manifest =
+        serde_json::from_slice(&json).map_err(|e| BundleError::Manifest(e.to_string()))?;
+    if manifest.payload.kind != "squashfs" {
+        return Err(BundleError::Manifest(format!(
+            "payload type {:?} is not squashfs",
+            manifest.payload.kind
+        )));
+    }
+    Ok(Opened {
+        manifest,
+        key,
+        stream,
+    })
+}
+
+/// Chunk size of payload copies: large enough for full-speed sequential writes.
+pub const CHUNK: usize = 1 << 20;
+
+impl<R: Read> Opened<R> {
+    /// Streams the payload into `out` while hashing it, and checks its length and hash.
+    /// `progress` hears the bytes done so far.
+    pub fn copy_payload(
+        &mut self,
+        out: &mut impl Write,
+        progress: impl FnMut(u64),
+    ) -> Result<(), BundleError> {
+        let (size, sha) = (
+            self.manifest.payload.size,
+            self.manifest.payload.sha256.clone(),
+        );
+        self.copy_section(out, size, &sha, progress)
+    }
+
+    /// Streams boot file `index` (manifest order, after the payload) into `out` and checks it.
+    pub fn copy_boot_file(
+        &mut self,
+        index: usize,
+        out: &mut impl Write,
+    ) -> Result<(), BundleError> {
+        let f = self
+            .manifest
+            .boot_files
+            .get(index)
+            .cloned()
+            .ok_or_else(|| BundleError::Manifest(format!("no boot file {index}")))?;
+        self.copy_section(out, f.size, &f.sha256, |_| {})
+    }
+
+    /// Checks that nothing follows the last section.
+    pub fn finish(mut self) -> Result<(), BundleError> {
+        let mut extra = [0u8; 1];
+        loop {
+            match self.stream.read(&mut extra) {
+                Ok(0) => return Ok(()),
+                Ok(_) => {
+                    return Err(BundleError::PayloadOversized {
+                        expected: self.manifest.payload.size,
+                    })
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    fn copy_section(
+        &mut self,
+        out: &mut impl Write,
+        expected: u64,
+        sha256: &str,
+        mut progress: impl FnMut(u64),
+    ) -> Result<(), BundleError> {
+        let mut hasher = Sha256::new();
+        let mut buf = vec![0u8; CHUNK.min(expected.max(1) as usize)];
+        let mut done = 0u64;
+        while done < expected {
+            let want = (expected - done).min(buf.len() as u64) as usize;
+            let n = match self.stream.read(&mut buf[..want]) {
+                Ok(0) => {
+                    return Err(BundleError::PayloadTruncated {
+                        got: done,
+                        expected,
+                    })
+                }
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e.into()),
+            };
+            hasher.update(&buf[..n]);
+            out.write_all(&buf[..n])?;
+            done += n as u64;
+            progress(done);
+        }
+        let got = hex::encode(hasher.finalize());
+        if !got.eq_ignore_ascii_case(sha256) {
+            return Err(BundleError::PayloadHash {
+                expected: sha256.to_string(),
+                got,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// SHA-256 and length of everything a reader yields.
+pub fn hash_stream(r: &mut impl Read) -> std::io::Result<(String, u64)> {
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; CHUNK];
+    let mut total = 0u64;
+    loop {
+        let n = r.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        total += n as u64;
+    }
+    Ok((hex::encode(hasher.finalize()), total))
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use std::path::Path;
+
+    pub fn key() -> SigningKey {
+        SigningKey::from_pem(&SigningKey::generate_pem().unwrap(), Path::new("k")).unwrap()
+    }
+
+    pub fn manifest_for(payload: &[u8]) -> Manifest {
+        let (sha256, size) = hash_stream(&mut &payload[..]).unwrap();
+        Manifest {
+            format: 1,
+            board: "qemu-aarch64".into(),
+            arch: "arm64".into(),
+            version: "0.2.0".into(),
+            min_version: "0.2.0".into(),
+            created: 0,
+            payload: Payload {
+                kind: "squashfs".into(),
+                size,
+                sha256,
+            },
+            boot_files: vec![],
+        }
+    }
+
+    pub fn bundle(key: &SigningKey, m: &Manifest, payload: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        write(&mut out, key, m, &mut &payload[..], &mut []).unwrap();
+        out
+    }
+
+    fn install(bytes: &[u8], trusted: &[PublicKey]) -> Result<Vec<u8>, BundleError> {
+        let mut opened = open(bytes, trusted)?;
+        let mut out = Vec::new();
+        opened.copy_payload(&mut out, |_| {})?;
+        opened.finish()?;
+        Ok(out)
+    }
+
+    #[test]
+    fn boot_files_follow_the_payload_and_are_checked_too() {
+        let k = key();
+        let payload = b"root".to_vec();
+        let kernel = b"kernel image".to_vec();
+        let mut m = manifest_for(&payload);
+        let (sha256, size) = hash_stream(&mut &kernel[..]).unwrap();
+        m.boot_files.push(BootFile {
+            name: "Image".into(),
+            size,
+            sha256,
+        });
+        let mut out = Vec::new();
+        write(&mut out, &k, &m, &mut &payload[..], &mut [&mut &kernel[..]]).unwrap();
+        let mut opened = open(&out[..], &[k.public()]).unwrap();
+        let (mut root, mut image) = (Vec::new(), Vec::new());
+        opened.copy_payload(&mut root, |_| {}).unwrap();
+        opened.copy_boot_file(0, &mut image).unwrap();
+        opened.finish().unwrap();
+        assert_eq!((root, image), (payload, kernel));
+        *out.last_mut().unwrap() ^= 1;
+        let mut opened = open(&out[..], &[k.public()]).unwrap();
+        opened.copy_payload(&mut Vec::new(), |_| {}).unwrap();
+        assert!(matches!(
+            opened.copy_boot_file(0, &mut Vec::new()),
+            Err(BundleError::PayloadHash { .. })
+        ));
+    }
+
+    #[test]
+    fn a_signed_bundle_streams_its_payload() {
+        let k = key();
+        let payload = vec![7u8; 3 * CHUNK + 5];
+        let b = bundle(&k, &manifest_for(&payload), &payload);
+        assert_eq!(&b[..8], MAGIC);
+        assert_eq!(install(&b, &[k.public()]).unwrap(), payload);
+    }
+
+    #[test]
+    fn every_kind_of_bad_bundle_is_refused_with_its_reason() {
+        let k = key();
+        let payload = b"squashfs bytes".to_vec();
+        let m = manifest_for(&payload);
+        let good = bundle(&k, &m, &payload);
+        let trusted = [k.public()];
+
+        let mut unsigned = good.clone();
+        unsigned[48..112].fill(0);
+        assert!(matches!(
+            install(&unsigned, &trusted),
+            Err(BundleError::Unsigned)
+        ));
+
+        let stranger = key();
+        assert!(matches!(
+            install(&bundle(&stranger, &m, &payload), &trusted),
+            Err(BundleError::UnknownKey(_))
+        ));
+
+        let mut manifest_edit = good.clone();
+        let at = good.windows(7).position(|w| w == b"qemu-aa").unwrap();
+        manifest_edit[at] = b'Q';
+        assert!(matches!(
+            install(&manifest_edit, &trusted),
+            Err(BundleError::BadSignature)
+        ));
+
+        let mut payload_edit = good.clone();
+        *payload_edit.last_mut().unwrap() ^= 1;
+        assert!(matches!(
+            install(&payload_edit, &trusted),
+            Err(BundleError::PayloadHash { .. })
+        ));
+
+        assert!(matches!(
+            install(&good[..good.len() - 3], &trusted),
+            Err(BundleError::PayloadTruncated {
+                got: 11,
+                expected: 14
+            })
+        ));
+        let mut longer = good.clone();
+        longer.push(0);
+        assert!(matches!(
+            install(&longer, &trusted),
+            Err(BundleError::PayloadOversized { .. })
+        ));
+        assert!(matches!(
+            install(&good[..40], &trusted),
+            Err(BundleError::TruncatedHeader(_))
+        ));
+        assert!(matches!(
+            install(b"PK\x03\x04 a zip file", &trusted),
+            Err(BundleError::NotABundle)
+        ));
+    }
+
+    #[test]
+    fn a_message_names_the_problem_on_one_line() {
+        let e = BundleError::UnknownKey("0011223344556677".into()).to_string();
+        assert!(e.contains("0011223344556677") && !e.contains('\n'));
+    }
+}

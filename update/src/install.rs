@@ -1,0 +1,380 @@
+//! The device side of an update: stream a bundle into the inactive slot and switch the boot
+//! target only once every byte is verified. The active slot is never opened for writing.
+
+use crate::bootctl::{BootControl, BootControlError};
+use crate::bundle::{self, BundleError, Manifest};
+use crate::keys::PublicKey;
+use crate::state::DeviceState;
+use crate::{fsutil, version, Slot};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum InstallError {
+    #[error(transparent)]
+    Bundle(#[from] BundleError),
+    #[error("bundle is for board {bundle}, this device is {device}")]
+    WrongBoard { bundle: String, device: String },
+    #[error("bundle is for architecture {bundle}, this device is {device}")]
+    WrongArch { bundle: String, device: String },
+    #[error("bundle version {version} is below this device's anti-rollback floor {floor}")]
+    BelowFloor { version: String, floor: String },
+    #[error("payload of {size} bytes does not fit slot {slot} ({slot_size} bytes)")]
+    TooLarge {
+        size: u64,
+        slot: Slot,
+        slot_size: u64,
+    },
+    #[error("boot file name {0:?} is not a plain file name")]
+    BootFileName(String),
+    #[error("slot {slot} read back differently from what was written: the storage is failing")]
+    ReadBack { slot: Slot },
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    BootControl(#[from] BootControlError),
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> InstallError {
+    let what = what.into();
+    move |source| InstallError::Io { what, source }
+}
+
+/// Where and for what device a bundle is installed.
+pub struct Target {
+    pub board: String,
+    pub arch: String,
+    /// The slot running now; the bundle goes to the other one.
+    pub booted: Slot,
+    /// The inactive slot's partition (or a file, in tests).
+    pub slot_device: PathBuf,
+    /// The boot partition, mounted writable.
+    pub boot_dir: PathBuf,
+    /// The anti-rollback floor of the running image.
+    pub image_floor: Option<String>,
+}
+
+/// Install phases, for progress display.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Writing,
+    Verifying,
+}
+
+/// Everything that can refuse a bundle before a byte is written.
+pub fn check(
+    m: &Manifest,
+    target: &Target,
+    state: &DeviceState,
+    slot_size: u64,
+) -> Result<(), InstallError> {
+    if m.board != target.board {
+        return Err(InstallError::WrongBoard {
+            bundle: m.board.clone(),
+            device: target.board.clone(),
+        });
+    }
+    if m.arch != target.arch {
+        return Err(InstallError::WrongArch {
+            bundle: m.arch.clone(),
+            device: target.arch.clone(),
+        });
+    }
+    for floor in [&state.floor, &target.image_floor].into_iter().flatten() {
+        if !version::at_least(&m.version, floor) {
+            return Err(InstallError::BelowFloor {
+                version: m.version.clone(),
+                floor: floor.clone(),
+            });
+        }
+    }
+    if m.payload.size > slot_size {
+        return Err(InstallError::TooLarge {
+            size: m.payload.size,
+            slot: target.booted.other(),
+            slot_size,
+        });
+    }
+    for f in &m.boot_files {
+        let plain = !f.name.is_empty()
+            && !f.name.starts_with('.')
+            && f.name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+        if !plain {
+            return Err(InstallError::BootFileName(f.name.clone()));
+        }
+    }
+    Ok(())
+}
+
+fn size_of(dev: &mut std::fs::File) -> std::io::Result<u64> {
+    // Block devices report no length in their metadata; seeking to the end does.
+    let end = dev.seek(SeekFrom::End(0))?;
+    dev.seek(SeekFrom::Start(0))?;
+    Ok(end)
+}
+
+/// Installs a bundle read from `stream` into the inactive slot and makes it the trial slot.
+/// Returns the manifest of what was installed.
+pub fn install(
+    stream: impl Read,
+    trusted: &[PublicKey],
+    target: &Target,
+    boot: &mut dyn BootControl,
+    state_file: &Path,
+    mut progress: impl FnMut(Phase, u64, u64),
+) -> Result<Manifest, InstallError> {
+    let slot = target.booted.other();
+    let mut opened = bundle::open(stream, trusted)?;
+    let manifest = opened.manifest.clone();
+    let mut dev = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&target.slot_device)
+        .map_err(io(format!(
+            "opening slot {slot} ({})",
+            target.slot_device.display()
+        )))?;
+    let slot_size = size_of(&mut dev).map_err(io("sizing the slot"))?;
+    let mut state = DeviceState::load(state_file);
+    check(&manifest, target, &state, slot_size)?;
+
+    // From here the slot's old contents are going: the bootloader must never pick it, even
+    // as a fallback, until the new image is whole and verified.
+    boot.mark_bad(slot)?;
+    *state.slot_mut(slot) = Default::default();
+    state.slot_mut(slot).failure = Some("installation did not finish".into());
+    state
+        .save(state_file)
+        .map_err(io("saving the update state"))?;
+
+    let total = manifest.payload.size;
+    {
+        let mut w = std::io::BufWriter::with_capacity(bundle::CHUNK, &mut dev);
+        opened.copy_payload(&mut w, |done| progress(Phase::Writing, done, total))?;
+        w.flush().map_err(io("writing the slot"))?;
+    }
+    dev.sync_all().map_err(io("flushing the slot"))?;
+
+    let slot_dir = target.boot_dir.join(slot.letter());
+    std::fs::create_dir_all(&slot_dir).map_err(io(format!("creating {}", slot_dir.display())))?;
+    let mut staged = Vec::new();
+    for (i, f) in manifest.boot_files.iter().enumerate() {
+        let tmp = slot_dir.join(format!(".{}.new", f.name));
+        let mut out =
+            std::fs::File::create(&tmp).map_err(io(format!("creating {}", tmp.display())))?;
+        opened.copy_boot_file(i, &mut out)?;
+        out.sync_all()
+            .map_err(io(format!("flushing {}", tmp.display())))?;
+        staged.push((tmp, slot_dir.join(&f.name)));
+    }
+    opened.finish()?;
+
+    // Read the slot back past the page cache: what the next boot will see.
+    drop_cache(&dev);
+    dev.seek(SeekFrom::Start(0))
+        .map_err(io("reading the slot back"))?;
+    let (sha, len) = bundle::hash_stream(&mut ProgressReader {
+        inner: (&mut dev).take(total),
+        done: 0,
+        report: &mut |done| progress(Phase::Verifying, done, total),
+    })
+    .map_err(io("reading the slot back"))?;
+    if len != total || !sha.eq_ignore_ascii_case(&manifest.payload.sha256) {
+        return Err(InstallError::ReadBack { slot });
+    }
+    for (tmp, dest) in staged {
+        fsutil::rename(&tmp, &dest).map_err(io(format!("installing {}", dest.display())))?;
+    }
+
+    // The one step that changes what boots next.
+    boot.set_trial(slot)?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    *state.slot_mut(slot) = crate::state::SlotRecord {
+        version: Some(manifest.version.clone()),
+        installed_at: Some(now),
+        bundle_sha256: Some(manifest.payload.sha256.clone()),
+        min_version: Some(manifest.min_version.clone()),
+        ..Default::default()
+    };
+    state
+        .save(state_file)
+        .map_err(io("saving the update state"))?;
+    Ok(manifest)
+}
+
+fn drop_cache(f: &std::fs::File) {
+    // SAFETY: advisory call on a descriptor we own.
+    unsafe {
+        libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED);
+    }
+}
+
+struct ProgressReader<'a, R> {
+    inner: R,
+    done: u64,
+    report: &'a mut dyn FnMut(u64),
+}
+
+impl<R: Read> Read for ProgressReader<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.done += n as u64;
+        (self.report)(self.done);
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bootctl::{SlotState, UbootEnv};
+    use crate::bundle::tests::{bundle, key, manifest_for};
+    use crate::bundle::BootFile;
+
+    struct Device {
+        dir: tempfile::TempDir,
+        target: Target,
+        boot: UbootEnv,
+    }
+
+    fn device() -> Device {
+        let dir = tempfile::tempdir().unwrap();
+        let boot_dir = dir.path().join("boot");
+        std::fs::create_dir_all(&boot_dir).unwrap();
+        for (name, bytes) in UbootEnv::initial_files().unwrap() {
+            std::fs::write(boot_dir.join(name), bytes).unwrap();
+        }
+        let slot_device = dir.path().join("root_b");
+        std::fs::write(&slot_device, vec![0xAAu8; 1 << 20]).unwrap();
+        let boot = UbootEnv::new(&boot_dir);
+        Device {
+            target: Target {
+                board: "qemu-aarch64".into(),
+                arch: "arm64".into(),
+                booted: Slot::A,
+                slot_device,
+                boot_dir,
+                image_floor: Some("0.1.0".into()),
+            },
+            boot,
+            dir,
+        }
+    }
+
+    fn run(d: &mut Device, bytes: &[u8], trusted: &[PublicKey]) -> Result<Manifest, InstallError> {
+        let state = d.dir.path().join("state.toml");
+        install(bytes, trusted, &d.target, &mut d.boot, &state, |_, _, _| {})
+    }
+
+    /// A signed bundle carrying a kernel, and the key that signed it.
+    fn with_kernel(payload: &[u8], kernel: &[u8]) -> (PublicKey, Vec<u8>) {
+        let k = key();
+        let mut m = manifest_for(payload);
+        let (sha256, size) = bundle::hash_stream(&mut &kernel[..]).unwrap();
+        m.boot_files.push(BootFile {
+            name: "Image".into(),
+            size,
+            sha256,
+        });
+        let mut out = Vec::new();
+        bundle::write(&mut out, &k, &m, &mut &payload[..], &mut [&mut &kernel[..]]).unwrap();
+        (k.public(), out)
+    }
+
+    #[test]
+    fn a_good_bundle_lands_in_the_inactive_slot_and_becomes_the_trial() {
+        let mut d = device();
+        let payload = vec![5u8; 300_000];
+        let (k, bytes) = with_kernel(&payload, b"new kernel");
+        let m = run(&mut d, &bytes, &[k]).unwrap();
+        assert_eq!(m.version, "0.2.0");
+        let slot = std::fs::read(&d.target.slot_device).unwrap();
+        assert_eq!(&slot[..payload.len()], &payload[..]);
+        assert_eq!(
+            std::fs::read(d.target.boot_dir.join("b/Image")).unwrap(),
+            b"new kernel"
+        );
+        let s = d.boot.status().unwrap();
+        assert_eq!((s.b, s.next), (SlotState::Trial { tries_left: 1 }, Slot::B));
+        let state = DeviceState::load(&d.dir.path().join("state.toml"));
+        assert_eq!(state.b.version.as_deref(), Some("0.2.0"));
+    }
+
+    #[test]
+    fn refusals_before_writing_leave_the_slot_and_boot_target_alone() {
+        let payload = vec![5u8; 1000];
+        let k = key();
+        let cases: Vec<(Manifest, &str)> = vec![
+            (
+                Manifest {
+                    board: "rpi4".into(),
+                    ..manifest_for(&payload)
+                },
+                "board rpi4",
+            ),
+            (
+                Manifest {
+                    arch: "amd64".into(),
+                    ..manifest_for(&payload)
+                },
+                "architecture amd64",
+            ),
+            (
+                Manifest {
+                    version: "0.0.9".into(),
+                    ..manifest_for(&payload)
+                },
+                "anti-rollback floor 0.1.0",
+            ),
+        ];
+        for (m, says) in cases {
+            let mut d = device();
+            let before = std::fs::read(&d.target.slot_device).unwrap();
+            let err = run(&mut d, &bundle(&k, &m, &payload), &[k.public()]).unwrap_err();
+            assert!(err.to_string().contains(says), "{err}");
+            assert_eq!(std::fs::read(&d.target.slot_device).unwrap(), before);
+            assert_eq!(d.boot.status().unwrap().b, SlotState::Empty);
+        }
+        let mut d = device();
+        let big = vec![1u8; (1 << 20) + 1];
+        let err = run(
+            &mut d,
+            &bundle(&k, &manifest_for(&big), &big),
+            &[k.public()],
+        )
+        .unwrap_err();
+        assert!(matches!(err, InstallError::TooLarge { .. }), "{err}");
+    }
+
+    #[test]
+    fn a_bundle_that_fails_midway_never_becomes_bootable() {
+        let mut d = device();
+        let k = key();
+        let payload = vec![9u8; 200_000];
+        let mut bytes = bundle(&k, &manifest_for(&payload), &payload);
+        let n = bytes.len();
+        bytes[n - 10] ^= 0xff;
+        let err = run(&mut d, &bytes, &[k.public()]).unwrap_err();
+        assert!(
+            matches!(err, InstallError::Bundle(BundleError::PayloadHash { .. })),
+            "{err}"
+        );
+        let s = d.boot.status().unwrap();
+        assert_eq!((s.b, s.next), (SlotState::Bad, Slot::A));
+        let state = DeviceState::load(&d.dir.path().join("state.toml"));
+        assert_eq!(
+            state.b.failure.as_deref(),
+            Some("installation did not finish")
+        );
+    }
+}
