@@ -10,10 +10,13 @@ export SOURCE_DATE_EPOCH
 # QEMU tests boot under software emulation; two VMs at a time suit a 2-core machine.
 QEMU_TEST_THREADS ?= 2
 
+# The key update bundles are signed with; made on first use. Keep your own for real fleets.
+SIGN_KEY ?= $(OUT)/keys/cairn-dev.key
+
 IMAGE_TOOL := target/release/cairn-image
 QEMU_TOOL  := target/release/cairn-qemu
 
-.PHONY: help deps tools image images run test unit-test qemu-test bench lint clean
+.PHONY: help deps tools image images update-bundles run test unit-test qemu-test bench lint clean
 
 help:
 	@sed -n 's/^## //p' README.md | head -40
@@ -24,12 +27,15 @@ deps:
 tools: deps
 	$(CARGO) build --release --locked -p cairn-image -p qemu-tests --bins
 
-image: tools
-	$(IMAGE_TOOL) build --board boards/$(BOARD).toml --out $(OUT) --version $(VERSION)
+$(SIGN_KEY): | tools
+	$(IMAGE_TOOL) keygen --out $(SIGN_KEY)
 
-images: tools
+image: tools $(SIGN_KEY)
+	$(IMAGE_TOOL) build --board boards/$(BOARD).toml --out $(OUT) --version $(VERSION) --sign-key $(SIGN_KEY)
+
+images: tools $(SIGN_KEY)
 	@for b in $(BOARDS); do \
-	  $(IMAGE_TOOL) build --board boards/$$b.toml --out $(OUT) --version $(VERSION) || exit 1; \
+	  $(IMAGE_TOOL) build --board boards/$$b.toml --out $(OUT) --version $(VERSION) --sign-key $(SIGN_KEY) || exit 1; \
 	done
 
 run: image

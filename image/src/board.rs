@@ -150,7 +150,8 @@ pub struct Qemu {
     pub pflash_vars: Option<String>,
 }
 
-pub const BOOT_CONTROL_BACKENDS: &[&str] = &["uboot-env", "systemd-boot", "rpi-tryboot"];
+/// One list of backends: the ones the update crate implements.
+pub const BOOT_CONTROL_BACKENDS: &[&str] = &cairn_update::bootctl::BACKENDS;
 
 impl Board {
     pub fn load(path: &Path) -> Result<Board, BoardError> {

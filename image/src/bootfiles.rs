@@ -33,6 +33,9 @@ shell = true                     # a root shell on the serial console
 
 [runtime]
 role = "server"                  # "server", "agent" or "none"
+
+[update]
+# health_timeout = "5m"          # a new slot must bring the node to Ready within this, or it is rolled back
 "#;
 
 /// A kernel as the bootloader wants it. arm64 kernels in Debian are a gzip-compressed `Image`
@@ -75,7 +78,7 @@ pub fn files(
     let cmdline = board.kernel_cmdline();
     match board.bootloader.kind {
         BootloaderKind::UBoot => {
-            let script = uboot_script(&cmdline, kernel_name);
+            let script = cairn_update::bootctl::uboot_boot_script(&cmdline, kernel_name);
             files.push(("boot.scr".into(), uboot_script_image(&script, mtime)));
         }
         BootloaderKind::SystemdBoot => {
@@ -86,35 +89,32 @@ pub fn files(
                 other => anyhow::bail!("systemd-boot is not built for {other}"),
             };
             files.push((default_efi.into(), efi.to_vec()));
+            // No `default`: systemd-boot boots the first entry in its order, which is how
+            // boot counting falls back (update/src/bootctl/systemd_boot.rs).
             files.push((
                 "loader/loader.conf".into(),
-                b"timeout 0\ndefault cairn-*\neditor no\nconsole-mode keep\n".to_vec(),
+                b"timeout 0\neditor no\nconsole-mode keep\n".to_vec(),
             ));
             for s in slots {
                 let l = s.slot.letter();
+                // No `version` line either: entries are ordered by their file names alone.
                 let entry = format!(
-                    "title cairn {version} (slot {l})\nversion {version}\nlinux /{l}/{kernel_name}\ninitrd /{l}/initrd.img\noptions {cmdline} cairn.slot={l}\n"
+                    "title cairn {version} (slot {l})\nlinux /{l}/{kernel_name}\ninitrd /{l}/initrd.img\noptions {cmdline} cairn.slot={l}\n"
                 );
-                files.push((format!("loader/entries/cairn-{l}.conf"), entry.into_bytes()));
+                files.push((
+                    format!("loader/entries/cairn-1-{l}.conf"),
+                    entry.into_bytes(),
+                ));
             }
         }
     }
+    if board.bootloader.boot_control == "uboot-env" {
+        let env = cairn_update::bootctl::UbootEnv::initial_files()
+            .map_err(|e| anyhow::anyhow!("the boot environment: {e}"))?;
+        files.extend(env);
+    }
     files.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(files)
-}
-
-/// The U-Boot script. The bootmeth that runs it sets devtype/devnum/distro_bootpart.
-fn uboot_script(cmdline: &str, kernel_name: &str) -> String {
-    format!(
-        r#"# cairn boot script
-if test -z "${{cairn_slot}}"; then setenv cairn_slot a; fi
-setenv bootargs "{cmdline} cairn.slot=${{cairn_slot}}"
-echo "cairn: booting slot ${{cairn_slot}} from ${{devtype}} ${{devnum}}:${{distro_bootpart}}"
-load ${{devtype}} ${{devnum}}:${{distro_bootpart}} ${{kernel_addr_r}} /${{cairn_slot}}/{kernel_name}
-load ${{devtype}} ${{devnum}}:${{distro_bootpart}} ${{ramdisk_addr_r}} /${{cairn_slot}}/initrd.img
-booti ${{kernel_addr_r}} ${{ramdisk_addr_r}}:${{filesize}} ${{fdtcontroladdr}}
-"#
-    )
 }
 
 /// Wraps a script in U-Boot's legacy image header (what `mkimage -T script` writes), so the

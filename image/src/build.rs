@@ -7,6 +7,7 @@ use crate::progress::Step;
 use crate::rootfs::Binaries;
 use crate::{bmap, disk, fat, initramfs, packages, rootfs, squashfs, tool};
 use anyhow::{bail, Context, Result};
+use cairn_update::keys::{PublicKey, SigningKey};
 use cairn_update::Slot;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -24,6 +25,14 @@ pub struct BuildOptions {
     /// Prebuilt device binaries (e.g. from Buildroot) instead of compiling them.
     pub init_bin: Option<PathBuf>,
     pub cairn_bin: Option<PathBuf>,
+    /// Signs an update bundle with this ed25519 key and makes the image trust its public half.
+    pub sign_key: Option<PathBuf>,
+    /// More public keys the image trusts (key rotation).
+    pub trust_keys: Vec<PathBuf>,
+    /// The anti-rollback floor; default: the version itself.
+    pub min_version: Option<String>,
+    /// Tests only: the image's `cairn` fails at once (a bad update that must roll back).
+    pub broken_runtime: bool,
 }
 
 pub struct BuildOutput {
@@ -35,6 +44,19 @@ pub fn build(opts: &BuildOptions) -> Result<BuildOutput> {
     // Everything about the board is checked before anything is written.
     let board = Board::load(&opts.board_file)?;
     validate_version(&opts.version)?;
+    let min_version = opts
+        .min_version
+        .clone()
+        .unwrap_or_else(|| opts.version.clone());
+    validate_version(&min_version).context("--min-version")?;
+    let sign_key = match &opts.sign_key {
+        Some(p) => Some(SigningKey::load(p)?),
+        None => None,
+    };
+    let mut trusted: Vec<PublicKey> = sign_key.iter().map(SigningKey::public).collect();
+    for p in &opts.trust_keys {
+        trusted.push(PublicKey::load(p)?);
+    }
     let name = &board.board.name;
     let mirror = packages::mirror(opts.mirror.as_deref())?;
 
@@ -48,7 +70,12 @@ pub fn build(opts: &BuildOptions) -> Result<BuildOutput> {
 
     let bins = device_binaries(&board, opts, &mirror, &cache)?;
     let pkgs = packages::fetch(&board, &mirror, &cache)?;
-    let root = rootfs::assemble(&board, &pkgs, &bins, &opts.version, &work)?;
+    let trust = rootfs::UpdateTrust {
+        keys: trusted,
+        min_version: min_version.clone(),
+        broken_runtime: opts.broken_runtime,
+    };
+    let root = rootfs::assemble(&board, &pkgs, &bins, &opts.version, &trust, &work)?;
     initramfs::module_files(&root.dir, &root.kernel_version, &board.root.modules)
         .context("root.modules")?;
 
@@ -168,6 +195,24 @@ pub fn build(opts: &BuildOptions) -> Result<BuildOutput> {
     for path in [&image, &bmap_path, &squash_path] {
         artifacts.push(Artifact::of(path)?);
     }
+    if let Some(key) = &sign_key {
+        let path = out_dir.join(format!("cairn-{name}-{}.cairnb", opts.version));
+        let step = Step::spinner("signing the update bundle (.cairnb)");
+        crate::bundle::write(
+            &path,
+            key,
+            &crate::bundle::Contents {
+                board: &board,
+                version: &opts.version,
+                min_version: &min_version,
+                created: opts.source_date_epoch,
+                squashfs: &squash_path,
+                boot_files: &[(kernel_name_of(&board), &kernel), ("initrd.img", &initrd)],
+            },
+        )?;
+        step.done();
+        artifacts.push(Artifact::of(&path)?);
+    }
     for f in &board.bootloader.firmware {
         if let Some(file_name) = Path::new(f).file_name() {
             artifacts.push(Artifact::of(&fw_out.join(file_name))?);
@@ -199,6 +244,10 @@ pub fn build(opts: &BuildOptions) -> Result<BuildOutput> {
     };
     manifest.write(&out_dir.join("manifest.json"))?;
     Ok(BuildOutput { image, manifest })
+}
+
+fn kernel_name_of(board: &Board) -> &'static str {
+    bootfiles::kernel_file_name(board)
 }
 
 fn validate_version(v: &str) -> Result<()> {

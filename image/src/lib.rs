@@ -4,6 +4,7 @@ pub mod bmap;
 pub mod board;
 pub mod bootfiles;
 pub mod build;
+pub mod bundle;
 pub mod cpio;
 pub mod cross;
 pub mod disk;

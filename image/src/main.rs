@@ -50,6 +50,36 @@ enum Command {
         /// Use this prebuilt cairn instead of compiling it (needs --init-bin too).
         #[arg(long, requires = "init_bin")]
         cairn_bin: Option<PathBuf>,
+        /// Sign an update bundle (OUT/<board>/cairn-<board>-<version>.cairnb) with this
+        /// ed25519 key (from `cairn-image keygen`); the image trusts its public half.
+        #[arg(long)]
+        sign_key: Option<PathBuf>,
+        /// Another public key the image accepts bundles from (repeat for key rotation).
+        #[arg(long = "trust-key")]
+        trust_keys: Vec<PathBuf>,
+        /// Anti-rollback floor: once this image commits, bundles below this version are
+        /// refused. Default: the version itself (no downgrades).
+        #[arg(long)]
+        min_version: Option<String>,
+        /// For tests of rollback: the image's `cairn` exits at once, so the node never
+        /// becomes healthy.
+        #[arg(long)]
+        test_broken_runtime: bool,
+    },
+    /// Make an ed25519 key pair for signing update bundles: KEY (private, PKCS#8 PEM) and
+    /// KEY.pub (public, for `--trust-key` and `verify`). Existing files are never replaced.
+    Keygen {
+        /// Where to write the private key; the public key goes to KEY.pub.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Check an update bundle on this host: signature, then every byte against its manifest.
+    Verify {
+        /// The .cairnb file.
+        bundle: PathBuf,
+        /// The public key it must be signed with (KEY.pub from `keygen`).
+        #[arg(long)]
+        key: PathBuf,
     },
 }
 
@@ -79,6 +109,10 @@ fn run(cli: Cli) -> Result<()> {
             source,
             init_bin,
             cairn_bin,
+            sign_key,
+            trust_keys,
+            min_version,
+            test_broken_runtime,
         } => {
             let result = build(&BuildOptions {
                 board_file: board,
@@ -90,6 +124,10 @@ fn run(cli: Cli) -> Result<()> {
                 source,
                 init_bin,
                 cairn_bin,
+                sign_key,
+                trust_keys,
+                min_version,
+                broken_runtime: test_broken_runtime,
             })?;
             let m = &result.manifest;
             println!(
@@ -101,5 +139,56 @@ fn run(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
+        Command::Keygen { out } => keygen(&out),
+        Command::Verify { bundle, key } => {
+            let m = cairn_image::bundle::verify(&bundle, &key)?;
+            println!(
+                "{}: good signature; cairn {} for {} ({}), {} MiB root, floor {}",
+                bundle.display(),
+                m.version,
+                m.board,
+                m.arch,
+                m.payload.size >> 20,
+                m.min_version
+            );
+            Ok(())
+        }
     }
+}
+
+fn keygen(out: &std::path::Path) -> Result<()> {
+    use cairn_update::keys::SigningKey;
+    use std::io::Write;
+    let public = {
+        let mut p = out.as_os_str().to_owned();
+        p.push(".pub");
+        PathBuf::from(p)
+    };
+    for p in [out, public.as_path()] {
+        if p.exists() {
+            anyhow::bail!("{} exists: keygen never replaces a key", p.display());
+        }
+    }
+    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    let pem = SigningKey::generate_pem()?;
+    let key = SigningKey::from_pem(&pem, out)?;
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(out)?;
+        f.write_all(pem.as_bytes())?;
+    }
+    std::fs::write(&public, key.public().to_pem())?;
+    println!(
+        "wrote {} (keep it secret) and {} (key id {})",
+        out.display(),
+        public.display(),
+        cairn_update::keys::short_id(&key.public().id())
+    );
+    Ok(())
 }

@@ -140,11 +140,23 @@ pub struct Binaries {
     pub cairn: PathBuf,
 }
 
+/// What the image needs to take updates: the keys it trusts and its anti-rollback floor.
+pub struct UpdateTrust {
+    pub keys: Vec<cairn_update::keys::PublicKey>,
+    pub min_version: String,
+    /// Tests only: `/usr/bin/cairn` exits at once, so the node never becomes healthy.
+    pub broken_runtime: bool,
+}
+
+/// Where the root keeps the public keys it accepts update bundles from.
+pub const UPDATE_KEYS_DIR: &str = "etc/cairn/update-keys";
+
 pub fn assemble(
     board: &Board,
     pkgs: &[Package],
     bins: &Binaries,
     version: &str,
+    trust: &UpdateTrust,
     work: &Path,
 ) -> Result<Root> {
     let dir = work.join("rootfs");
@@ -195,6 +207,7 @@ pub fn assemble(
     merged_usr_links(&dir)?;
     busybox_links(&dir)?;
     install_cairn(board, bins, version, &dir)?;
+    install_update_trust(board, trust, &dir)?;
     let images = bake_images(board, &dir, work)?;
     depmod(&dir, &kernel_version)?;
     if decompress_late_modules(board, &dir, &kernel_version)? > 0 {
@@ -318,6 +331,46 @@ fn install_cairn(board: &Board, bins: &Binaries, version: &str, root: &Path) -> 
         std::fs::remove_file(&resolv)?;
     }
     symlink("../run/resolv.conf", resolv)?;
+    Ok(())
+}
+
+/// Boot-control backend, architecture, trusted update keys and the anti-rollback floor.
+fn install_update_trust(board: &Board, trust: &UpdateTrust, root: &Path) -> Result<()> {
+    let etc = root.join("etc");
+    let keys = root.join(UPDATE_KEYS_DIR);
+    std::fs::create_dir_all(&keys)?;
+    for k in &trust.keys {
+        let name = format!("{}.pub", cairn_update::keys::short_id(&k.id()));
+        std::fs::write(keys.join(name), k.to_pem())?;
+    }
+    std::fs::write(
+        etc.join("cairn/boot-control"),
+        format!("{}\n", board.bootloader.boot_control),
+    )?;
+    std::fs::write(etc.join("cairn/arch"), format!("{}\n", board.board.arch))?;
+    std::fs::write(
+        etc.join("cairn/min-version"),
+        format!("{}\n", trust.min_version),
+    )?;
+    if board.bootloader.boot_control == "uboot-env" {
+        // fw_printenv/fw_setenv (libubootenv) read the same redundant pair U-Boot does.
+        let size = cairn_update::bootctl::uboot_env::ENV_SIZE;
+        let [a, b] = cairn_update::bootctl::uboot_env::ENV_FILES;
+        std::fs::write(
+            etc.join("fw_env.config"),
+            format!("/boot/{a} 0x0 {size:#x}\n/boot/{b} 0x0 {size:#x}\n"),
+        )?;
+    }
+    if trust.broken_runtime {
+        let cairn = root.join("usr/bin/cairn");
+        std::fs::remove_file(&cairn)?;
+        std::fs::write(
+            &cairn,
+            "#!/bin/sh\necho 'cairn: this image was built with --test-broken-runtime' >&2\nexit 1\n",
+        )?;
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&cairn, std::fs::Permissions::from_mode(0o755))?;
+    }
     Ok(())
 }
 

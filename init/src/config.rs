@@ -11,6 +11,22 @@ pub struct Config {
     pub network: Network,
     pub console: Console,
     pub runtime: Runtime,
+    pub update: Update,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(default)]
+pub struct Update {
+    /// How long a slot on trial has to bring the node to Ready ("300", "90s", "5m").
+    pub health_timeout: String,
+}
+
+impl Default for Update {
+    fn default() -> Self {
+        Update {
+            health_timeout: "5m".into(),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]

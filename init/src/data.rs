@@ -1,8 +1,8 @@
 //! The data partition: made (and grown to the disk's end) on first boot, checked for a clean
 //! unmount, mounted on /var. Everything that persists lives here.
 
-use crate::blockdev::{self, Partition};
 use crate::{info, sys};
+use cairn_update::blockdev::{self, Partition};
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 use std::process::Command;

@@ -1,7 +1,6 @@
 //! cairn-init: PID 1. Stage 1 runs from the initramfs and switches to the slot's read-only
 //! root; stage 2 runs there, brings the node up and supervises its services.
 
-mod blockdev;
 mod config;
 mod data;
 mod log;
@@ -11,6 +10,7 @@ mod stage1;
 mod stage2;
 mod supervisor;
 mod sys;
+mod trial;
 
 use std::time::Duration;
 

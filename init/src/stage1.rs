@@ -35,7 +35,7 @@ pub fn run(start_ms: u64) -> Result<std::convert::Infallible, Stage1Error> {
     info!("stage 1: loaded {n} kernel modules, booting slot {slot}");
 
     let label = slot.partition_label();
-    let part = crate::blockdev::wait_for_label(label, Duration::from_secs(10))
+    let part = cairn_update::blockdev::wait_for_label(label, Duration::from_secs(10))
         .ok_or(Stage1Error::NoRoot(label))?;
     let sysroot = Path::new(SYSROOT);
     sys::mount(

@@ -3,6 +3,7 @@
 
 use crate::config::{self, Config};
 use crate::supervisor::{Output, ServiceSpec, Shutdown, Supervisor};
+use crate::trial::TrialGate;
 use crate::{data, info, log, modules, net, sys};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -19,6 +20,8 @@ const SERVER_HEALTH_SOCK: &str = "/var/lib/cairn/server/health.sock";
 const SERVER_KUBECONFIG: &str = "/etc/cairn/cairn.yaml";
 const KUBECONFIG_PORT: &str = "io.cairn.kubeconfig";
 const DEFAULT_HOSTNAME: &str = "cairn";
+/// Written by `cairn update` (runtime/src/update): what `reboot(2)` is told.
+const REBOOT_ARGUMENT_FILE: &str = "/run/cairn/reboot-argument";
 
 pub fn run(stage1_marks: &str) -> ! {
     let start_ms = log::pid1_start_ms(stage1_marks);
@@ -78,6 +81,7 @@ pub fn run(stage1_marks: &str) -> ! {
     });
 
     let mut role: Option<Role> = None;
+    let mut gate: Option<TrialGate> = None;
     let mut ready = false;
     let shutdown = loop {
         if let Some(req) = sup.tick(Duration::from_millis(if ready { 1000 } else { 50 })) {
@@ -90,15 +94,22 @@ pub fn run(stage1_marks: &str) -> ! {
                 }
                 start_node_services(&mut sup, &node.config);
                 role = Some(Role::of(&node.config));
+                gate = TrialGate::start(booted_slot(), health_timeout(&node.config));
             }
         }
         if let Some(role) = &role {
             if !ready && is_ready(&sup, role) {
                 ready = true;
+                if let Some(g) = gate.as_mut() {
+                    g.healthy();
+                }
                 announce_ready();
                 if matches!(role, Role::Server { .. }) {
                     publish_kubeconfig();
                 }
+            }
+            if !ready && gate.as_mut().is_some_and(TrialGate::expired) {
+                break Shutdown::Reboot;
             }
         }
     };
@@ -246,12 +257,25 @@ fn start_node_services(sup: &mut Supervisor, cfg: &Config) {
     });
 }
 
+/// The slot the bootloader started (`cairn.slot=` on the kernel command line).
+fn booted_slot() -> cairn_update::Slot {
+    cairn_update::Slot::from_cmdline(&std::fs::read_to_string("/proc/cmdline").unwrap_or_default())
+        .and_then(Result::ok)
+        .unwrap_or(cairn_update::Slot::A)
+}
+
+fn health_timeout(cfg: &Config) -> Duration {
+    crate::trial::parse_duration(&cfg.update.health_timeout).unwrap_or_else(|| {
+        info!(
+            "update.health_timeout {:?}: use seconds or a number with s, m or h; using 5m",
+            cfg.update.health_timeout
+        );
+        Duration::from_secs(300)
+    })
+}
+
 fn announce_ready() {
-    let slot = cairn_update::Slot::from_cmdline(
-        &std::fs::read_to_string("/proc/cmdline").unwrap_or_default(),
-    )
-    .and_then(Result::ok)
-    .unwrap_or(cairn_update::Slot::A);
+    let slot = booted_slot();
     let version = std::fs::read_to_string("/etc/cairn/version").unwrap_or_default();
     info!("init rss_kib={}", rss_kib());
     println!(
@@ -325,7 +349,7 @@ fn overlay_etc() -> Result<(), sys::SysError> {
 }
 
 fn mount_boot_partition() -> bool {
-    let Some(part) = crate::blockdev::find_by_label(Path::new("/sys"), "boot") else {
+    let Some(part) = cairn_update::blockdev::find_by_label(Path::new("/sys"), "boot") else {
         info!("no boot partition found: using the persisted configuration");
         return false;
     };
@@ -538,6 +562,9 @@ fn rss_kib() -> u64 {
 
 fn finish(sup: &mut Supervisor, mounted: &[PathBuf], how: Shutdown) -> ! {
     info!("shutting down ({how:?})");
+    // `cairn update` leaves the firmware's argument for a trial boot (Raspberry Pi tryboot);
+    // read before /run goes away.
+    let reboot_argument = std::fs::read_to_string(REBOOT_ARGUMENT_FILE).ok();
     sup.stop_all(Duration::from_secs(10));
     sys::sync();
     for target in mounted.iter().rev() {
@@ -550,6 +577,9 @@ fn finish(sup: &mut Supervisor, mounted: &[PathBuf], how: Shutdown) -> ! {
         }
     }
     sys::sync();
+    if let Some(arg) = reboot_argument.filter(|_| how == Shutdown::Reboot) {
+        info!("{}", sys::reboot_with_argument(arg.trim()));
+    }
     let cmd = match how {
         Shutdown::Reboot => libc::LINUX_REBOOT_CMD_RESTART,
         Shutdown::Poweroff => libc::LINUX_REBOOT_CMD_POWER_OFF,

@@ -160,6 +160,32 @@ pub fn reboot(cmd: libc::c_int) -> SysError {
     }
 }
 
+/// Restarts with an argument for the firmware (`0 tryboot` on a Raspberry Pi); never returns
+/// when it works.
+pub fn reboot_with_argument(arg: &str) -> SysError {
+    sync();
+    let Ok(c) = std::ffi::CString::new(arg) else {
+        return SysError {
+            what: format!("reboot argument {arg:?}"),
+            source: io::Error::from(io::ErrorKind::InvalidInput),
+        };
+    };
+    // SAFETY: the raw syscall with the documented magic numbers and a valid C string.
+    unsafe {
+        libc::syscall(
+            libc::SYS_reboot,
+            libc::LINUX_REBOOT_MAGIC1,
+            libc::LINUX_REBOOT_MAGIC2,
+            libc::LINUX_REBOOT_CMD_RESTART2,
+            c.as_ptr(),
+        )
+    };
+    SysError {
+        what: "reboot".into(),
+        source: io::Error::last_os_error(),
+    }
+}
+
 /// Makes Ctrl-Alt-Del send SIGINT to PID 1 instead of rebooting at once.
 pub fn ctrl_alt_del_to_signal() {
     // SAFETY: LINUX_REBOOT_CMD_CAD_OFF only changes what the key combination does.

@@ -44,6 +44,11 @@ fn qemu_aarch64_rebuild_is_byte_identical() {
         source: root.clone(),
         init_bin: None,
         cairn_bin: None,
+        // The same key as `make images`: ed25519 signatures are deterministic.
+        sign_key: Some(out.join("keys/cairn-dev.key")).filter(|k| k.exists()),
+        trust_keys: vec![],
+        min_version: None,
+        broken_runtime: false,
     })
     .expect("second build");
     let second: serde_json::Value =

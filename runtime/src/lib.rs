@@ -6,3 +6,4 @@ pub mod api;
 pub mod controllers;
 pub mod server;
 pub mod store;
+pub mod update;

@@ -66,8 +66,47 @@ enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// A/B updates of this device: install a signed bundle into the inactive slot, show the
+    /// slots, commit or roll back (see `cairn update <command> --help`).
+    Update {
+        #[command(subcommand)]
+        command: UpdateCommand,
+    },
     /// Print the version.
     Version,
+}
+
+#[derive(Subcommand)]
+enum UpdateCommand {
+    /// Stream a bundle (.cairnb) from a file or an http(s):// URL into the inactive slot:
+    /// it is verified (signature, board, architecture, anti-rollback floor, size, hash) and
+    /// read back before the bootloader is pointed at it, on trial. Nothing touches the
+    /// running slot.
+    Install {
+        /// A path or an http:// / https:// URL.
+        source: String,
+        /// Reboot into the new slot once it is installed.
+        #[arg(long)]
+        reboot: bool,
+        /// The public keys bundles may be signed with.
+        #[arg(long, default_value = cairn_runtime::update::KEYS_DIR)]
+        keys_dir: PathBuf,
+    },
+    /// Both slots: version, good/trial/bad/empty, which is booted and which boots next, and
+    /// why the last trial failed.
+    Status {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Commit the booted slot now (cairn-init does this by itself once the node is Ready).
+    MarkGood,
+    /// Boot the other slot from now on; it must hold a good image.
+    Rollback {
+        /// Reboot into it now.
+        #[arg(long)]
+        reboot: bool,
+    },
 }
 
 /// The node agent's settings, shared by `cairn agent` and the agent embedded in `cairn server`.
@@ -243,6 +282,19 @@ fn run(cli: Cli) -> Result<()> {
             kubeconfig,
             command,
         } => runtime()?.block_on(token_command(&kubeconfig, command)),
+        Command::Update { command } => {
+            use cairn_runtime::update;
+            match command {
+                UpdateCommand::Install {
+                    source,
+                    reboot,
+                    keys_dir,
+                } => update::install_command(&source, reboot, &keys_dir),
+                UpdateCommand::Status { json } => update::status_command(json),
+                UpdateCommand::MarkGood => update::mark_good_command(),
+                UpdateCommand::Rollback { reboot } => update::rollback_command(reboot),
+            }
+        }
     }
 }
 

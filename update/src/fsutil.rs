@@ -55,3 +55,63 @@ mod tests {
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 }
+
+/// A read-only mount made writable for as long as this guard lives (the boot partition
+/// while boot control changes it); read-only again when dropped.
+pub struct Writable {
+    path: std::ffi::CString,
+    remounted: bool,
+}
+
+const BOOT_FLAGS: libc::c_ulong = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+
+fn remount(path: &std::ffi::CStr, flags: libc::c_ulong) -> std::io::Result<()> {
+    // SAFETY: plain syscall with valid C strings; NULL source/type are allowed for remounts.
+    let rc = unsafe {
+        libc::mount(
+            std::ptr::null(),
+            path.as_ptr(),
+            std::ptr::null(),
+            libc::MS_REMOUNT | flags,
+            std::ptr::null(),
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+impl Writable {
+    /// Remounts `path` read-write when it is a read-only mount point; a plain directory (tests,
+    /// hosts) is left as it is.
+    pub fn new(path: &Path) -> std::io::Result<Writable> {
+        let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+            .map_err(std::io::Error::other)?;
+        let read_only = std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap_or_default()
+            .lines()
+            .any(|l| {
+                let f: Vec<&str> = l.split(' ').collect();
+                f.len() > 5 && Path::new(f[4]) == path && f[5].split(',').any(|o| o == "ro")
+            });
+        if read_only {
+            remount(&c, BOOT_FLAGS)?;
+        }
+        Ok(Writable {
+            path: c,
+            remounted: read_only,
+        })
+    }
+}
+
+impl Drop for Writable {
+    fn drop(&mut self) {
+        if self.remounted {
+            // SAFETY: flushing every filesystem before the remount; no arguments.
+            unsafe { libc::sync() };
+            let _ = remount(&self.path, BOOT_FLAGS | libc::MS_RDONLY);
+        }
+    }
+}

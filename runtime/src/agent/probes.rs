@@ -769,7 +769,7 @@ fn server_name(host: &str) -> Result<rustls::pki_types::ServerName<'static>, Str
 
 /// TLS without certificate checks: the kubelet's probes skip verification too, since pods
 /// serve whatever certificate they like on their IP.
-fn insecure_tls_config() -> Result<Arc<rustls::ClientConfig>, String> {
+pub(crate) fn insecure_tls_config() -> Result<Arc<rustls::ClientConfig>, String> {
     static CONFIG: OnceLock<Result<Arc<rustls::ClientConfig>, String>> = OnceLock::new();
     CONFIG
         .get_or_init(|| {

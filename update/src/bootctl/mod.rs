@@ -13,7 +13,7 @@ pub mod uboot_env;
 
 pub use rpi_tryboot::RpiTryboot;
 pub use systemd_boot::SystemdBoot;
-pub use uboot::UbootEnv;
+pub use uboot::{boot_script as uboot_boot_script, UbootEnv};
 
 use crate::Slot;
 use std::fmt;

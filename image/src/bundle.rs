@@ -1,0 +1,77 @@
+//! The signed update bundle of a build, and checking one on the host.
+
+use crate::board::Board;
+use anyhow::{Context, Result};
+use cairn_update::bundle::{self, BootFile, Manifest, Payload};
+use cairn_update::keys::{PublicKey, SigningKey};
+use std::path::Path;
+
+pub struct Contents<'a> {
+    pub board: &'a Board,
+    pub version: &'a str,
+    pub min_version: &'a str,
+    pub created: u64,
+    pub squashfs: &'a Path,
+    /// (name on the boot partition, bytes)
+    pub boot_files: &'a [(&'a str, &'a [u8])],
+}
+
+/// Writes `out` (through a temporary file, so a failed build leaves no half bundle).
+pub fn write(out: &Path, key: &SigningKey, c: &Contents<'_>) -> Result<Manifest> {
+    let mut root = std::fs::File::open(c.squashfs)
+        .with_context(|| format!("opening {}", c.squashfs.display()))?;
+    let (sha256, size) = bundle::hash_stream(&mut root)?;
+    let mut boot_files = Vec::new();
+    for (name, bytes) in c.boot_files {
+        let (sha256, size) = bundle::hash_stream(&mut &bytes[..])?;
+        boot_files.push(BootFile {
+            name: name.to_string(),
+            size,
+            sha256,
+        });
+    }
+    let manifest = Manifest {
+        format: bundle::FORMAT_VERSION,
+        board: c.board.board.name.clone(),
+        arch: c.board.board.arch.clone(),
+        version: c.version.to_string(),
+        min_version: c.min_version.to_string(),
+        created: c.created,
+        payload: Payload {
+            kind: "squashfs".into(),
+            size,
+            sha256,
+        },
+        boot_files,
+    };
+    let tmp = out.with_extension("cairnb.tmp");
+    {
+        let f =
+            std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        let mut w = std::io::BufWriter::new(f);
+        let mut root = std::fs::File::open(c.squashfs)?;
+        let mut readers: Vec<&[u8]> = c.boot_files.iter().map(|(_, b)| *b).collect();
+        let mut dyn_readers: Vec<&mut dyn std::io::Read> = readers
+            .iter_mut()
+            .map(|r| r as &mut dyn std::io::Read)
+            .collect();
+        bundle::write(&mut w, key, &manifest, &mut root, &mut dyn_readers)?;
+        w.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+    }
+    std::fs::rename(&tmp, out)?;
+    Ok(manifest)
+}
+
+/// Checks a bundle on the host: signature by `key`, every section's length and hash.
+pub fn verify(path: &Path, key: &Path) -> Result<Manifest> {
+    let key = PublicKey::load(key)?;
+    let f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut opened = bundle::open(std::io::BufReader::new(f), &[key])?;
+    let manifest = opened.manifest.clone();
+    opened.copy_payload(&mut std::io::sink(), |_| {})?;
+    for i in 0..manifest.boot_files.len() {
+        opened.copy_boot_file(i, &mut std::io::sink())?;
+    }
+    opened.finish()?;
+    Ok(manifest)
+}
