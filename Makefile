@@ -38,22 +38,33 @@ images: tools $(SIGN_KEY)
 	  $(IMAGE_TOOL) build --board boards/$$b.toml --out $(OUT) --version $(VERSION) --sign-key $(SIGN_KEY) || exit 1; \
 	done
 
+# What the QEMU update tests install: a newer version, and one whose cairn is built broken
+# (it must roll back by itself). Separate output trees; downloads share the cache.
+update-bundles: tools $(SIGN_KEY)
+	@for b in $(BOARDS); do \
+	  $(IMAGE_TOOL) build --board boards/$$b.toml --out $(OUT)/update-v2 --cache $(OUT)/.cache \
+	    --version 0.2.0 --sign-key $(SIGN_KEY) || exit 1; \
+	  $(IMAGE_TOOL) build --board boards/$$b.toml --out $(OUT)/update-v3 --cache $(OUT)/.cache \
+	    --version 0.3.0 --sign-key $(SIGN_KEY) --test-broken-runtime || exit 1; \
+	done
+
 run: image
 	$(QEMU_TOOL) run --board $(BOARD)
 
 unit-test: deps
 	$(CARGO) test --locked --workspace --exclude qemu-tests
 
-qemu-test: images
+qemu-test: images update-bundles
 	CAIRN_OUT=$(abspath $(OUT)) $(CARGO) test --locked -p qemu-tests -- --test-threads=$(QEMU_TEST_THREADS)
 
 test: unit-test qemu-test
 
-bench: images
+bench: images update-bundles
 	$(CARGO) build --release --locked -p cairn-runtime
 	$(CARGO) bench --locked -p cairn-runtime --bench server -- --out $(abspath bench/results/server.json)
 	$(CARGO) bench --locked -p cairn-runtime --bench agent -- --out $(abspath bench/results/agent.json)
 	$(QEMU_TOOL) bench --boards "$(BOARDS)" --out bench/results/boot.json
+	$(QEMU_TOOL) bench-update --boards "$(BOARDS)" --bundles $(OUT)/update-v2 --out bench/results/update.json
 
 lint:
 	$(CARGO) fmt --all -- --check

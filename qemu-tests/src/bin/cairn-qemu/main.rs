@@ -4,13 +4,18 @@ use anyhow::{bail, Context, Result};
 use qemu_tests::{parse_ready, BoardImage, Disk, Vm, BOOT_TIMEOUT};
 use std::time::Duration;
 
+mod bench_update;
+
 const USAGE: &str = "usage:
   cairn-qemu run --board BOARD [--fresh]
       Boot out/BOARD's image with the serial console on this terminal (Ctrl-A X quits).
       The disk is a copy-on-write overlay kept in out/BOARD/run-disk.qcow2 (--fresh starts
       over); the API port 6443 is forwarded to a free port on 127.0.0.1, printed at start.
   cairn-qemu bench --boards \"B1 B2\" [--boots N] --out FILE
-      Boot each board N times (default 3) and write boot figures as JSON.";
+      Boot each board N times (default 3) and write boot figures as JSON.
+  cairn-qemu bench-update --boards \"B1 B2\" --bundles DIR --out FILE
+      On each board: install DIR/BOARD/cairn-BOARD-*.cairnb from a local disk against a raw
+      dd of its root to the same slot, then time the reboot into it until it commits.";
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -40,6 +45,12 @@ fn run(args: &[String]) -> Result<()> {
                 .transpose()?
                 .unwrap_or(3);
             bench(&boards, boots, &out)
+        }
+        Some("bench-update") => {
+            let boards = flag(args, "--boards").context("--boards is required")?;
+            let bundles = flag(args, "--bundles").context("--bundles is required")?;
+            let out = flag(args, "--out").context("--out is required")?;
+            bench_update::run(&boards, std::path::Path::new(&bundles), &out)
         }
         Some("-h") | Some("--help") | Some("help") => {
             println!("{USAGE}");
