@@ -41,6 +41,9 @@ NEEDS=(
   "docker-registry:docker-registry"
   "nft:nftables"
   "ip:iproute2"
+  # The update tests check our U-Boot environment and keys with the reference readers.
+  "fw_printenv:libubootenv-tool"
+  "openssl:openssl"
 )
 missing=()
 for n in "${NEEDS[@]}"; do

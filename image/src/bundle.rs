@@ -75,3 +75,42 @@ pub fn verify(path: &Path, key: &Path) -> Result<Manifest> {
     opened.finish()?;
     Ok(manifest)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_written_bundle_verifies_with_the_public_key_and_not_with_another() {
+        let dir = tempfile::tempdir().unwrap();
+        let board = Board::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../boards/qemu-aarch64.toml"))
+            .unwrap();
+        let squashfs = dir.path().join("root.squashfs");
+        std::fs::write(&squashfs, vec![3u8; 100_000]).unwrap();
+        let key_pem = SigningKey::generate_pem().unwrap();
+        let key = SigningKey::from_pem(&key_pem, Path::new("k")).unwrap();
+        let public = dir.path().join("k.pub");
+        std::fs::write(&public, key.public().to_pem()).unwrap();
+        let out = dir.path().join("x.cairnb");
+        let written = write(
+            &out,
+            &key,
+            &Contents {
+                board: &board,
+                version: "0.2.0",
+                min_version: "0.1.0",
+                created: 7,
+                squashfs: &squashfs,
+                boot_files: &[("Image", b"kernel"), ("initrd.img", b"initramfs")],
+            },
+        )
+        .unwrap();
+        assert_eq!(verify(&out, &public).unwrap(), written);
+        assert_eq!(written.boot_files.len(), 2);
+
+        let other = SigningKey::from_pem(&SigningKey::generate_pem().unwrap(), Path::new("o")).unwrap();
+        std::fs::write(&public, other.public().to_pem()).unwrap();
+        let err = verify(&out, &public).unwrap_err().to_string();
+        assert!(err.contains("does not trust"), "{err}");
+    }
+}

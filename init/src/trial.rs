@@ -81,7 +81,7 @@ impl TrialGate {
             let record = state.slot_mut(other);
             let reason = record.failure.clone().unwrap_or_else(|| {
                 format!(
-                    "slot {other} never reached cairn-init's health check (kernel, initramfs or root failed to start)"
+                    "slot {other} did not finish a boot (power lost, or the kernel, initramfs or root failed before the health check)"
                 )
             });
             record.failure = Some(reason.clone());

@@ -51,9 +51,17 @@ fn on_node(vm: &mut Vm, command: &str) -> String {
 }
 
 fn status(vm: &mut Vm) -> serde_json::Value {
+    // Service logs share the console, as lines of their own: leave them out.
     let out = on_node(vm, "cairn update status --json");
-    let start = out.find('{').expect("JSON status");
-    serde_json::from_str(&out[start..]).expect("status JSON")
+    let json: String = out
+        .lines()
+        .filter(|l| !l.starts_with('[') && !l.starts_with("cairn-init:"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let start = json
+        .find('{')
+        .unwrap_or_else(|| panic!("no JSON status in:\n{out}"));
+    serde_json::from_str(&json[start..]).unwrap_or_else(|e| panic!("{e}: status JSON in:\n{out}"))
 }
 
 fn slot_status<'a>(s: &'a serde_json::Value, slot: &str) -> &'a serde_json::Value {
@@ -69,10 +77,14 @@ fn slot_hash(vm: &mut Vm, slot: &str) -> String {
     let out = on_node(
         vm,
         &format!(
-            "for d in /sys/class/block/*; do grep -q PARTNAME={label}$ $d/uevent && sha256sum /dev/${{d##*/}}; done"
+            "for d in /sys/class/block/*; do grep -q PARTNAME={label}$ $d/uevent && sha256sum /dev/${{d##*/}}; done; true"
         ),
     );
-    out.split_whitespace().next().expect("a hash").to_string()
+    // Service logs share the console: pick the hash out of whatever else was printed.
+    out.split_whitespace()
+        .find(|w| w.len() == 64 && w.chars().all(|c| c.is_ascii_hexdigit()))
+        .expect("a hash")
+        .to_string()
 }
 
 /// Installs from a URL and reboots; the VM exits (QEMU runs with -no-reboot).

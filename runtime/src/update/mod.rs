@@ -143,7 +143,7 @@ pub fn status_command(json: bool) -> Result<()> {
     if json {
         println!(
             "{}",
-            serde_json::to_string_pretty(&status_json(&status, &state, booted, bc.name()))?
+            serde_json::to_string(&status_json(&status, &state, booted, bc.name()))?
         );
     } else {
         print!("{}", status_text(&status, &state, booted, bc.name()));
