@@ -82,6 +82,8 @@ pub enum BundleError {
     PayloadHash { expected: String, got: String },
     #[error("reading the bundle: {0}")]
     Io(#[from] std::io::Error),
+    #[error("writing what the bundle carries: {0}")]
+    Write(std::io::Error),
 }
 
 /// The fixed part of the header, as signed.
@@ -286,7 +288,7 @@ impl<R: Read> Opened<R> {
                 Err(e) => return Err(e.into()),
             };
             hasher.update(&buf[..n]);
-            out.write_all(&buf[..n])?;
+            out.write_all(&buf[..n]).map_err(BundleError::Write)?;
             done += n as u64;
             progress(done);
         }

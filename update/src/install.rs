@@ -162,7 +162,12 @@ pub fn install(
     }
     dev.sync_all().map_err(io("flushing the slot"))?;
 
+    // The slot's old kernel and initramfs go first: the slot is marked bad, nothing boots
+    // them, and a boot partition sized for two slots has no room for a third set.
     let slot_dir = target.boot_dir.join(slot.letter());
+    if slot_dir.exists() {
+        std::fs::remove_dir_all(&slot_dir).map_err(io(format!("clearing {}", slot_dir.display())))?;
+    }
     std::fs::create_dir_all(&slot_dir).map_err(io(format!("creating {}", slot_dir.display())))?;
     let mut staged = Vec::new();
     for (i, f) in manifest.boot_files.iter().enumerate() {

@@ -264,6 +264,7 @@ struct Progress {
     tty: bool,
     started: Instant,
     last_quarter: u64,
+    last_pct: u64,
     phase: Option<Phase>,
 }
 
@@ -273,6 +274,7 @@ impl Progress {
             tty: std::io::stderr().is_terminal(),
             started: Instant::now(),
             last_quarter: 0,
+            last_pct: u64::MAX,
             phase: None,
         }
     }
@@ -285,6 +287,7 @@ impl Progress {
             self.phase = Some(phase);
             self.started = Instant::now();
             self.last_quarter = 0;
+            self.last_pct = u64::MAX;
         }
         let verb = match phase {
             Phase::Writing => "writing",
@@ -299,6 +302,11 @@ impl Progress {
             total >> 20
         );
         if self.tty {
+            // Redrawn once per percent: a serial console is slow.
+            if pct == self.last_pct {
+                return;
+            }
+            self.last_pct = pct;
             let bar = "#".repeat((pct / 4) as usize);
             eprint!("\r[{bar:<25}] {line}");
             let _ = std::io::stderr().flush();
