@@ -353,6 +353,7 @@ fn mount_boot_partition() -> bool {
         info!("no boot partition found: using the persisted configuration");
         return false;
     };
+    repair_boot_partition(&part.dev());
     match sys::mount(
         &part.dev().to_string_lossy(),
         Path::new("/boot"),
@@ -365,6 +366,31 @@ fn mount_boot_partition() -> bool {
             info!("{e}");
             false
         }
+    }
+}
+
+/// FAT has no journal: power lost while an update wrote the boot partition can leave lost
+/// cluster chains, which Linux answers by making the filesystem read-only. fsck.fat repairs
+/// them before the mount (what systemd-fsck does for an ESP). The active slot's files were
+/// never being written, so the repair cannot cost what boots this machine.
+fn repair_boot_partition(dev: &Path) {
+    const FSCK: &str = "/usr/sbin/fsck.fat";
+    if !Path::new(FSCK).exists() {
+        return;
+    }
+    match std::process::Command::new(FSCK).arg("-a").arg("-w").arg(dev).output() {
+        Ok(out) if out.status.code() == Some(0) => {}
+        Ok(out) => {
+            let text = String::from_utf8_lossy(&out.stdout);
+            let said: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+            info!(
+                "boot partition {}: fsck.fat repaired it (exit {:?}): {}",
+                dev.display(),
+                out.status.code(),
+                said.join(" | ")
+            );
+        }
+        Err(e) => info!("{FSCK}: {e}"),
     }
 }
 

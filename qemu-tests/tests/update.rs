@@ -152,9 +152,12 @@ fn updates_roll_forward_survive_power_cuts_roll_back_and_refuse_bad_bundles(boar
     let s = status(&mut vm);
     assert_eq!(slot_status(&s, "a")["state"], "good");
     assert_eq!(slot_status(&s, "b")["state"], "empty");
+    // As a user would on a laptop: cairn.toml on the boot partition, read at every boot.
     on_node(
         &mut vm,
-        &format!("printf '\\n[update]\\nhealth_timeout = \"{HEALTH_TIMEOUT_SECS}s\"\\n' >> /var/lib/cairn/cairn.toml && sync"),
+        &format!(
+            "mount -o remount,rw /boot && sed -i 's/^# health_timeout = .*/health_timeout = \"{HEALTH_TIMEOUT_SECS}s\"/' /boot/cairn.toml && grep -q '^health_timeout = \"{HEALTH_TIMEOUT_SECS}s\"' /boot/cairn.toml && mount -o remount,ro /boot"
+        ),
     );
     let install_time = install_and_reboot(&mut vm, &v2_url);
     eprintln!("{board}: v1 -> v2 install took {install_time:?}");
