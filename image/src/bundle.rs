@@ -83,8 +83,9 @@ mod tests {
     #[test]
     fn a_written_bundle_verifies_with_the_public_key_and_not_with_another() {
         let dir = tempfile::tempdir().unwrap();
-        let board = Board::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../boards/qemu-aarch64.toml"))
-            .unwrap();
+        let board =
+            Board::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../boards/qemu-aarch64.toml"))
+                .unwrap();
         let squashfs = dir.path().join("root.squashfs");
         std::fs::write(&squashfs, vec![3u8; 100_000]).unwrap();
         let key_pem = SigningKey::generate_pem().unwrap();
@@ -108,7 +109,8 @@ mod tests {
         assert_eq!(verify(&out, &public).unwrap(), written);
         assert_eq!(written.boot_files.len(), 2);
 
-        let other = SigningKey::from_pem(&SigningKey::generate_pem().unwrap(), Path::new("o")).unwrap();
+        let other =
+            SigningKey::from_pem(&SigningKey::generate_pem().unwrap(), Path::new("o")).unwrap();
         std::fs::write(&public, other.public().to_pem()).unwrap();
         let err = verify(&out, &public).unwrap_err().to_string();
         assert!(err.contains("does not trust"), "{err}");

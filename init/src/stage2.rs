@@ -378,7 +378,12 @@ fn repair_boot_partition(dev: &Path) {
     if !Path::new(FSCK).exists() {
         return;
     }
-    match std::process::Command::new(FSCK).arg("-a").arg("-w").arg(dev).output() {
+    match std::process::Command::new(FSCK)
+        .arg("-a")
+        .arg("-w")
+        .arg(dev)
+        .output()
+    {
         Ok(out) if out.status.code() == Some(0) => {}
         Ok(out) => {
             let text = String::from_utf8_lossy(&out.stdout);

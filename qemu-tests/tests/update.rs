@@ -30,7 +30,11 @@ fn bundle_path(set: &str, board: &str, version: &str) -> PathBuf {
         .join(set)
         .join(board)
         .join(format!("cairn-{board}-{version}.cairnb"));
-    assert!(p.exists(), "{} is missing: run make update-bundles", p.display());
+    assert!(
+        p.exists(),
+        "{} is missing: run make update-bundles",
+        p.display()
+    );
     p
 }
 
@@ -148,7 +152,10 @@ fn updates_roll_forward_survive_power_cuts_roll_back_and_refuse_bad_bundles(boar
 
     // (a) v1 → v2 over HTTP: installs, reboots into the other slot, commits.
     let (mut vm, slot, version) = boot(&image, &disk, "v1");
-    assert_eq!((slot.as_str(), version.as_str()), ("a", image.version.as_str()));
+    assert_eq!(
+        (slot.as_str(), version.as_str()),
+        ("a", image.version.as_str())
+    );
     let s = status(&mut vm);
     assert_eq!(slot_status(&s, "a")["state"], "good");
     assert_eq!(slot_status(&s, "b")["state"], "empty");
@@ -166,7 +173,10 @@ fn updates_roll_forward_survive_power_cuts_roll_back_and_refuse_bad_bundles(boar
     assert_eq!((slot.as_str(), version.as_str()), ("b", "0.2.0"));
     let s = status(&mut vm);
     let b = slot_status(&s, "b");
-    assert_eq!((b["state"].as_str(), b["booted"].as_bool()), (Some("good"), Some(true)));
+    assert_eq!(
+        (b["state"].as_str(), b["booted"].as_bool()),
+        (Some("good"), Some(true))
+    );
     assert_eq!(b["version"], "0.2.0");
     assert_eq!(slot_status(&s, "a")["state"], "good");
     assert_eq!(s["floor"], "0.2.0");
@@ -184,7 +194,11 @@ fn updates_roll_forward_survive_power_cuts_roll_back_and_refuse_bad_bundles(boar
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
         ("tampered", tampered, "hash mismatch"),
         ("unsigned", unsigned, "not signed"),
-        ("stranger", resigned(&original, &stranger, |_| {}), "does not trust"),
+        (
+            "stranger",
+            resigned(&original, &stranger, |_| {}),
+            "does not trust",
+        ),
         (
             "wrong-board",
             resigned(&original, &key, |m| m.board = "rpi4".into()),
@@ -215,11 +229,22 @@ fn updates_roll_forward_survive_power_cuts_roll_back_and_refuse_bad_bundles(boar
             .sh(&format!("cairn update install {url} 2>&1"), INSTALL)
             .expect("console");
         assert_ne!(code, 0, "{name} bundle was accepted:\n{out}");
-        assert!(out.contains(reason), "{name}: expected {reason:?} in:\n{out}");
+        assert!(
+            out.contains(reason),
+            "{name}: expected {reason:?} in:\n{out}"
+        );
         assert!(out.contains("slot b is untouched"), "{name}:\n{out}");
     }
-    assert_eq!(slot_hash(&mut vm, "b"), active_before, "the active slot changed");
-    assert_eq!(status(&mut vm)["slots"][1]["next"], true, "slot b still boots next");
+    assert_eq!(
+        slot_hash(&mut vm, "b"),
+        active_before,
+        "the active slot changed"
+    );
+    assert_eq!(
+        status(&mut vm)["slots"][1]["next"],
+        true,
+        "slot b still boots next"
+    );
 
     // (b) v2 → broken v3: it boots, fails its health check, and the node returns to v2.
     install_and_reboot(&mut vm, &v3_url);
@@ -238,7 +263,10 @@ fn updates_roll_forward_survive_power_cuts_roll_back_and_refuse_bad_bundles(boar
     assert_eq!((slot.as_str(), version.as_str()), ("b", "0.2.0"));
     let s = status(&mut vm);
     let a = slot_status(&s, "a");
-    assert_eq!((a["state"].as_str(), a["version"].as_str()), (Some("bad"), Some("0.3.0")));
+    assert_eq!(
+        (a["state"].as_str(), a["version"].as_str()),
+        (Some("bad"), Some("0.3.0"))
+    );
     let why = a["failure"].as_str().unwrap_or_default();
     assert!(why.contains("not Ready within"), "{s}");
     let log = a["failureLog"].as_str().expect("a kept log").to_string();
@@ -271,7 +299,10 @@ fn updates_roll_forward_survive_power_cuts_roll_back_and_refuse_bad_bundles(boar
         let s = status(&mut again);
         let booted = slot_status(&s, &slot);
         assert_eq!(booted["state"], "good", "cut {cut} after {wait} ms: {s}");
-        assert_eq!(version, "0.2.0", "cut {cut}: only v2 images are good by now");
+        assert_eq!(
+            version, "0.2.0",
+            "cut {cut}: only v2 images are good by now"
+        );
         eprintln!("{board}: power cut {cut} after {wait} ms: READY on slot {slot}");
         vm = again;
     }

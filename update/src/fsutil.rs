@@ -41,21 +41,6 @@ fn parent(path: &Path) -> &Path {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn replacing_leaves_only_the_new_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("autoboot.txt");
-        replace_file(&p, b"old").unwrap();
-        replace_file(&p, b"new").unwrap();
-        assert_eq!(std::fs::read(&p).unwrap(), b"new");
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
-    }
-}
-
 /// A read-only mount made writable for as long as this guard lives (the boot partition
 /// while boot control changes it); read-only again when dropped.
 pub struct Writable {
@@ -113,5 +98,20 @@ impl Drop for Writable {
             unsafe { libc::sync() };
             let _ = remount(&self.path, BOOT_FLAGS | libc::MS_RDONLY);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replacing_leaves_only_the_new_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("autoboot.txt");
+        replace_file(&p, b"old").unwrap();
+        replace_file(&p, b"new").unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"new");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 }

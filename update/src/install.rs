@@ -166,7 +166,8 @@ pub fn install(
     // them, and a boot partition sized for two slots has no room for a third set.
     let slot_dir = target.boot_dir.join(slot.letter());
     if slot_dir.exists() {
-        std::fs::remove_dir_all(&slot_dir).map_err(io(format!("clearing {}", slot_dir.display())))?;
+        std::fs::remove_dir_all(&slot_dir)
+            .map_err(io(format!("clearing {}", slot_dir.display())))?;
     }
     std::fs::create_dir_all(&slot_dir).map_err(io(format!("creating {}", slot_dir.display())))?;
     let mut staged = Vec::new();

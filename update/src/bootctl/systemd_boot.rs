@@ -96,7 +96,7 @@ impl SystemdBoot {
             .filter_map(|e| e.ok())
             .filter_map(|e| Entry::parse(&e.file_name().to_string_lossy()))
             .collect();
-        out.sort_by(|a, b| b.boot_rank().cmp(&a.boot_rank()));
+        out.sort_by_key(|e| std::cmp::Reverse(e.boot_rank()));
         Ok(out)
     }
 

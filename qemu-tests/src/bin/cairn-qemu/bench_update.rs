@@ -72,7 +72,10 @@ pub fn run(boards: &str, bundles: &Path, out: &str) -> Result<()> {
         eprintln!("cairn-qemu: {name}: booting {}", image.version);
         let mut vm = Vm::boot_with(&image, &disk, "before", std::slice::from_ref(&extra))?;
         vm.wait_for("CAIRN READY", BOOT_TIMEOUT)?;
-        vm.sh("mkdir -p /run/payload && mount -o ro /dev/vdb /run/payload", SH)?;
+        vm.sh(
+            "mkdir -p /run/payload && mount -o ro /dev/vdb /run/payload",
+            SH,
+        )?;
         let (_, target) = vm.sh(
             "for d in /sys/class/block/*; do grep -q PARTNAME=root_b$ $d/uevent && echo /dev/${d##*/}; done",
             SH,
@@ -83,7 +86,9 @@ pub fn run(boards: &str, bundles: &Path, out: &str) -> Result<()> {
             eprintln!("cairn-qemu: {name}: round {round}/{ROUNDS}: raw dd, then install");
             raw_s.push(timed(
                 &mut vm,
-                &format!("dd if=/run/payload/root.squashfs of={target} bs=1M conv=fsync 2>/dev/null"),
+                &format!(
+                    "dd if=/run/payload/root.squashfs of={target} bs=1M conv=fsync 2>/dev/null"
+                ),
             )?);
             install_s.push(timed(
                 &mut vm,
