@@ -69,6 +69,22 @@ pub fn files(
 ) -> Result<Vec<BootFile>> {
     let mut files: Vec<BootFile> = Vec::new();
     let kernel_name = kernel_file_name(board);
+    // Both slot directories exist from the start, so an update only ever replaces files in
+    // them (see cairn_update::install).
+    for slot in Slot::ALL {
+        files.push((
+            format!(
+                "{}/{}",
+                slot.letter(),
+                cairn_update::install::SLOT_DIR_MARKER
+            ),
+            format!(
+                "The kernel and initramfs that boot root_{}; cairn update replaces them.\n",
+                slot.letter()
+            )
+            .into_bytes(),
+        ));
+    }
     for s in slots {
         let dir = s.slot.letter();
         files.push((format!("{dir}/{kernel_name}"), s.kernel.to_vec()));

@@ -378,24 +378,35 @@ fn repair_boot_partition(dev: &Path) {
     if !Path::new(FSCK).exists() {
         return;
     }
-    match std::process::Command::new(FSCK)
+    // PID 1's reaper may collect the exit status first, so the output tells what happened.
+    let child = std::process::Command::new(FSCK)
         .arg("-a")
         .arg("-w")
         .arg(dev)
-        .output()
-    {
-        Ok(out) if out.status.code() == Some(0) => {}
-        Ok(out) => {
-            let text = String::from_utf8_lossy(&out.stdout);
-            let said: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-            info!(
-                "boot partition {}: fsck.fat repaired it (exit {:?}): {}",
-                dev.display(),
-                out.status.code(),
-                said.join(" | ")
-            );
-        }
-        Err(e) => info!("{FSCK}: {e}"),
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn();
+    let mut child = match child {
+        Ok(c) => c,
+        Err(e) => return info!("{FSCK}: {e}"),
+    };
+    let mut text = String::new();
+    if let Some(mut out) = child.stdout.take() {
+        let _ = out.read_to_string(&mut text);
+    }
+    let _ = child.wait();
+    // A clean check prints only the version banner and the summary line.
+    let said: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with("fsck.fat ") && !l.contains(" files, "))
+        .collect();
+    if !said.is_empty() {
+        info!(
+            "boot partition {}: fsck.fat: {}",
+            dev.display(),
+            said.join(" | ")
+        );
     }
 }
 

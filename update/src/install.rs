@@ -164,12 +164,11 @@ pub fn install(
 
     // The slot's old kernel and initramfs go first: the slot is marked bad, nothing boots
     // them, and a boot partition sized for two slots has no room for a third set.
+    // The directory itself stays: FAT has no journal, and a directory allocated just before
+    // a power cut can hold stale data that fsck then reads as entries crossing other files.
     let slot_dir = target.boot_dir.join(slot.letter());
-    if slot_dir.exists() {
-        std::fs::remove_dir_all(&slot_dir)
-            .map_err(io(format!("clearing {}", slot_dir.display())))?;
-    }
     std::fs::create_dir_all(&slot_dir).map_err(io(format!("creating {}", slot_dir.display())))?;
+    clear_slot_dir(&slot_dir).map_err(io(format!("clearing {}", slot_dir.display())))?;
     let mut staged = Vec::new();
     for (i, f) in manifest.boot_files.iter().enumerate() {
         let tmp = slot_dir.join(format!(".{}.new", f.name));
@@ -216,6 +215,19 @@ pub fn install(
         .save(state_file)
         .map_err(io("saving the update state"))?;
     Ok(manifest)
+}
+
+/// The marker each slot directory keeps for good (written by the image builder).
+pub const SLOT_DIR_MARKER: &str = "README.txt";
+
+fn clear_slot_dir(dir: &Path) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_type()?.is_file() && entry.file_name() != SLOT_DIR_MARKER {
+            std::fs::remove_file(entry.path())?;
+        }
+    }
+    fsutil::sync_dir(dir)
 }
 
 fn drop_cache(f: &std::fs::File) {
