@@ -321,7 +321,7 @@ mod tests {
     #[test]
     fn unknown_key_is_named_with_its_line() {
         let (path, text) = shipped("qemu-aarch64");
-        let text = text.replace("boot_mib = 64", "boot_mib = 64\nbogus_key = 1");
+        let text = text.replace("root_mib = 160", "root_mib = 160\nbogus_key = 1");
         let err = Board::parse(&path, &text).unwrap_err().to_string();
         assert!(err.contains("bogus_key"), "{err}");
         assert!(!err.contains('\n'), "one line: {err}");
