@@ -6,7 +6,7 @@
 use crate::info;
 use cairn_update::bootctl::{self, BootControl, SlotState};
 use cairn_update::fsutil::Writable;
-use cairn_update::state::{DeviceState, IMAGE_FLOOR_FILE, STATE_FILE, TRIAL_LOG_DIR};
+use cairn_update::state::{now_secs, DeviceState, IMAGE_FLOOR_FILE, STATE_FILE, TRIAL_LOG_DIR};
 use cairn_update::Slot;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -25,13 +25,6 @@ pub struct TrialGate {
     /// Set while the booted slot is on trial.
     deadline: Option<(Instant, Duration)>,
     done: bool,
-}
-
-fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 fn read_trimmed(path: &str) -> Option<String> {

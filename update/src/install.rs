@@ -200,13 +200,9 @@ pub fn install(
 
     // The one step that changes what boots next.
     boot.set_trial(slot)?;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
     *state.slot_mut(slot) = crate::state::SlotRecord {
         version: Some(manifest.version.clone()),
-        installed_at: Some(now),
+        installed_at: Some(crate::state::now_secs()),
         bundle_sha256: Some(manifest.payload.sha256.clone()),
         min_version: Some(manifest.min_version.clone()),
         ..Default::default()

@@ -13,6 +13,14 @@ pub const TRIAL_LOG_DIR: &str = "/var/log/cairn";
 /// The floor a freshly flashed image starts with (its own `min_version`).
 pub const IMAGE_FLOOR_FILE: &str = "/etc/cairn/min-version";
 
+/// Seconds since the epoch, as the records store times (0 if the clock is before 1970).
+pub fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SlotRecord {
     pub version: Option<String>,
