@@ -50,12 +50,8 @@ pub fn write(out: &Path, key: &SigningKey, c: &Contents<'_>) -> Result<Manifest>
             std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
         let mut w = std::io::BufWriter::new(f);
         let mut root = std::fs::File::open(c.squashfs)?;
-        let mut readers: Vec<&[u8]> = c.boot_files.iter().map(|(_, b)| *b).collect();
-        let mut dyn_readers: Vec<&mut dyn std::io::Read> = readers
-            .iter_mut()
-            .map(|r| r as &mut dyn std::io::Read)
-            .collect();
-        bundle::write(&mut w, key, &manifest, &mut root, &mut dyn_readers)?;
+        let boot_files: Vec<&[u8]> = c.boot_files.iter().map(|(_, b)| *b).collect();
+        bundle::write(&mut w, key, &manifest, &mut root, &boot_files)?;
         w.into_inner().map_err(|e| e.into_error())?.sync_all()?;
     }
     std::fs::rename(&tmp, out)?;

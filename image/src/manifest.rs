@@ -4,8 +4,6 @@
 use crate::packages::Package;
 use anyhow::{Context, Result};
 use serde::Serialize;
-use sha2::{Digest, Sha256};
-use std::io::Read;
 use std::path::Path;
 
 #[derive(Debug, Serialize)]
@@ -19,24 +17,14 @@ impl Artifact {
     pub fn of(path: &Path) -> Result<Artifact> {
         let mut f =
             std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-        let mut h = Sha256::new();
-        let mut buf = vec![0u8; 1 << 20];
-        let mut bytes = 0u64;
-        loop {
-            let n = f.read(&mut buf)?;
-            if n == 0 {
-                break;
-            }
-            h.update(&buf[..n]);
-            bytes += n as u64;
-        }
+        let (sha256, bytes) = cairn_update::bundle::hash_stream(&mut f)?;
         Ok(Artifact {
             file: path
                 .file_name()
                 .map(|n| n.to_string_lossy().to_string())
                 .unwrap_or_default(),
             bytes,
-            sha256: hex::encode(h.finalize()),
+            sha256,
         })
     }
 }

@@ -463,6 +463,14 @@ pub fn parse_ready(line: &str) -> Option<(String, u64, String)> {
     Some((slot?, ms?, version?))
 }
 
+/// A shell line for the node's console that prints the device of a slot's root partition
+/// (`/dev/vda3` for slot b), found by its GPT name as init finds it.
+pub fn slot_device_shell(slot: &str) -> String {
+    format!(
+        "for d in /sys/class/block/*; do grep -q PARTNAME=root_{slot}$ $d/uevent && echo /dev/${{d##*/}}; done; true"
+    )
+}
+
 /// Boot timeout under software emulation, generous for a loaded CI machine.
 pub const BOOT_TIMEOUT: Duration = Duration::from_secs(240);
 

@@ -77,11 +77,11 @@ fn slot_status<'a>(s: &'a serde_json::Value, slot: &str) -> &'a serde_json::Valu
 
 /// The SHA-256 of a slot's partition on the node.
 fn slot_hash(vm: &mut Vm, slot: &str) -> String {
-    let label = format!("root_{slot}");
     let out = on_node(
         vm,
         &format!(
-            "for d in /sys/class/block/*; do grep -q PARTNAME={label}$ $d/uevent && sha256sum /dev/${{d##*/}}; done; true"
+            "d=$({}); [ -n \"$d\" ] && sha256sum $d",
+            qemu_tests::slot_device_shell(slot)
         ),
     );
     // Service logs share the console: pick the hash out of whatever else was printed.
@@ -131,13 +131,9 @@ fn resigned(original: &[u8], key: &SigningKey, change: impl FnOnce(&mut Manifest
         rest = &rest[f.size as usize..];
     }
     change(&mut m);
-    let mut readers: Vec<&[u8]> = files.iter().map(|f| &f[..]).collect();
-    let mut dyn_readers: Vec<&mut dyn std::io::Read> = readers
-        .iter_mut()
-        .map(|r| r as &mut dyn std::io::Read)
-        .collect();
+    let boot_files: Vec<&[u8]> = files.iter().map(|f| &f[..]).collect();
     let mut out = Vec::new();
-    bundle::write(&mut out, key, &m, &mut &payload[..], &mut dyn_readers).expect("bundle");
+    bundle::write(&mut out, key, &m, &mut &payload[..], &boot_files).expect("bundle");
     out
 }
 

@@ -97,13 +97,13 @@ fn signed_prefix(manifest_len: u32, key_id: &[u8; 32]) -> [u8; 48] {
 }
 
 /// Writes a signed bundle: header, manifest, the payload copied from `payload`, then the
-/// boot files copied from `boot_files` (one reader per manifest entry, in order).
+/// boot files (one per manifest entry, in order; a kernel and an initramfs fit in memory).
 pub fn write(
     out: &mut impl Write,
     key: &SigningKey,
     manifest: &Manifest,
     payload: &mut impl Read,
-    boot_files: &mut [&mut dyn Read],
+    boot_files: &[&[u8]],
 ) -> Result<(), BundleError> {
     if boot_files.len() != manifest.boot_files.len() {
         return Err(BundleError::Manifest(format!(
@@ -126,8 +126,8 @@ pub fn write(
     out.write_all(&signature)?;
     out.write_all(&json)?;
     copy_exact(payload, out, manifest.payload.size)?;
-    for (reader, f) in boot_files.iter_mut().zip(&manifest.boot_files) {
-        copy_exact(reader, out, f.size)?;
+    for (bytes, f) in boot_files.iter().zip(&manifest.boot_files) {
+        copy_exact(&mut &bytes[..], out, f.size)?;
     }
     out.flush()?;
     Ok(())
@@ -348,7 +348,7 @@ pub(crate) mod tests {
 
     pub fn bundle(key: &SigningKey, m: &Manifest, payload: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();
-        write(&mut out, key, m, &mut &payload[..], &mut []).unwrap();
+        write(&mut out, key, m, &mut &payload[..], &[]).unwrap();
         out
     }
 
@@ -373,7 +373,7 @@ pub(crate) mod tests {
             sha256,
         });
         let mut out = Vec::new();
-        write(&mut out, &k, &m, &mut &payload[..], &mut [&mut &kernel[..]]).unwrap();
+        write(&mut out, &k, &m, &mut &payload[..], &[&kernel[..]]).unwrap();
         let mut opened = open(&out[..], &[k.public()]).unwrap();
         let (mut root, mut image) = (Vec::new(), Vec::new());
         opened.copy_payload(&mut root, |_| {}).unwrap();

@@ -301,7 +301,7 @@ mod tests {
             sha256,
         });
         let mut out = Vec::new();
-        bundle::write(&mut out, &k, &m, &mut &payload[..], &mut [&mut &kernel[..]]).unwrap();
+        bundle::write(&mut out, &k, &m, &mut &payload[..], &[kernel]).unwrap();
         (k.public(), out)
     }
 

@@ -76,11 +76,14 @@ pub fn run(boards: &str, bundles: &Path, out: &str) -> Result<()> {
             "mkdir -p /run/payload && mount -o ro /dev/vdb /run/payload",
             SH,
         )?;
-        let (_, target) = vm.sh(
-            "for d in /sys/class/block/*; do grep -q PARTNAME=root_b$ $d/uevent && echo /dev/${d##*/}; done",
-            SH,
-        )?;
-        let target = target.trim().to_string();
+        let (_, out) = vm.sh(&qemu_tests::slot_device_shell("b"), SH)?;
+        // Service logs share the console: the device is the line that names one.
+        let target = out
+            .lines()
+            .map(str::trim)
+            .find(|l| l.starts_with("/dev/"))
+            .context("no root_b partition on the node")?
+            .to_string();
         let (mut install_s, mut raw_s) = (Vec::new(), Vec::new());
         for round in 1..=ROUNDS {
             eprintln!("cairn-qemu: {name}: round {round}/{ROUNDS}: raw dd, then install");
