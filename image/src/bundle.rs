@@ -20,10 +20,10 @@ pub struct Contents<'a> {
 pub fn write(out: &Path, key: &SigningKey, c: &Contents<'_>) -> Result<Manifest> {
     let mut root = std::fs::File::open(c.squashfs)
         .with_context(|| format!("opening {}", c.squashfs.display()))?;
-    let (sha256, size) = bundle::hash_stream(&mut root)?;
+    let (sha256, size) = cairn_update::copy::hash_stream(&mut root)?;
     let mut boot_files = Vec::new();
     for (name, bytes) in c.boot_files {
-        let (sha256, size) = bundle::hash_stream(&mut &bytes[..])?;
+        let (sha256, size) = cairn_update::copy::hash_stream(&mut &bytes[..])?;
         boot_files.push(BootFile {
             name: name.to_string(),
             size,
@@ -66,7 +66,7 @@ pub fn verify(path: &Path, key: &Path) -> Result<Manifest> {
     let manifest = opened.manifest.clone();
     opened.copy_payload(&mut std::io::sink(), |_| {})?;
     for i in 0..manifest.boot_files.len() {
-        opened.copy_boot_file(i, &mut std::io::sink())?;
+        opened.copy_boot_file(i, &mut std::io::sink(), |_| {})?;
     }
     opened.finish()?;
     Ok(manifest)

@@ -17,7 +17,7 @@ impl Artifact {
     pub fn of(path: &Path) -> Result<Artifact> {
         let mut f =
             std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-        let (sha256, bytes) = cairn_update::bundle::hash_stream(&mut f)?;
+        let (sha256, bytes) = cairn_update::copy::hash_stream(&mut f)?;
         Ok(Artifact {
             file: path
                 .file_name()

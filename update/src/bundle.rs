@@ -12,9 +12,9 @@
 //! ...      each boot file of manifest.boot_files, in order, exactly its size; then end of file
 //! ```
 
+use crate::copy::{self, Copied, CopyError};
 use crate::keys::{self, PublicKey, SigningKey};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use std::io::{Read, Write};
 
 pub const MAGIC: &[u8; 8] = b"CAIRNBDL";
@@ -214,17 +214,15 @@ pub fn open<R: Read>(mut stream: R, trusted: &[PublicKey]) -> Result<Opened<R>, 
     })
 }
 
-/// Chunk size of payload copies: large enough for full-speed sequential writes.
-pub const CHUNK: usize = 1 << 20;
-
 impl<R: Read> Opened<R> {
     /// Streams the payload into `out` while hashing it, and checks its length and hash.
-    /// `progress` hears the bytes done so far.
+    /// `progress` hears the bytes done so far. Returns the per-chunk CRCs of what was
+    /// written, for checking the destination's read-back.
     pub fn copy_payload(
         &mut self,
         out: &mut impl Write,
         progress: impl FnMut(u64),
-    ) -> Result<(), BundleError> {
+    ) -> Result<Copied, BundleError> {
         let (size, sha) = (
             self.manifest.payload.size,
             self.manifest.payload.sha256.clone(),
@@ -237,6 +235,7 @@ impl<R: Read> Opened<R> {
         &mut self,
         index: usize,
         out: &mut impl Write,
+        progress: impl FnMut(u64),
     ) -> Result<(), BundleError> {
         let f = self
             .manifest
@@ -244,7 +243,8 @@ impl<R: Read> Opened<R> {
             .get(index)
             .cloned()
             .ok_or_else(|| BundleError::Manifest(format!("no boot file {index}")))?;
-        self.copy_section(out, f.size, &f.sha256, |_| {})
+        self.copy_section(out, f.size, &f.sha256, progress)
+            .map(drop)
     }
 
     /// Checks that nothing follows the last section.
@@ -269,54 +269,24 @@ impl<R: Read> Opened<R> {
         out: &mut impl Write,
         expected: u64,
         sha256: &str,
-        mut progress: impl FnMut(u64),
-    ) -> Result<(), BundleError> {
-        let mut hasher = Sha256::new();
-        let mut buf = vec![0u8; CHUNK.min(expected.max(1) as usize)];
-        let mut done = 0u64;
-        while done < expected {
-            let want = (expected - done).min(buf.len() as u64) as usize;
-            let n = match self.stream.read(&mut buf[..want]) {
-                Ok(0) => {
-                    return Err(BundleError::PayloadTruncated {
-                        got: done,
-                        expected,
-                    })
+        progress: impl FnMut(u64),
+    ) -> Result<Copied, BundleError> {
+        let copied =
+            copy::hashed_copy(&mut self.stream, out, expected, progress).map_err(|e| match e {
+                CopyError::Truncated { got, expected } => {
+                    BundleError::PayloadTruncated { got, expected }
                 }
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e.into()),
-            };
-            hasher.update(&buf[..n]);
-            out.write_all(&buf[..n]).map_err(BundleError::Write)?;
-            done += n as u64;
-            progress(done);
-        }
-        let got = hex::encode(hasher.finalize());
-        if !got.eq_ignore_ascii_case(sha256) {
+                CopyError::Read(e) => BundleError::Io(e),
+                CopyError::Write(e) => BundleError::Write(e),
+            })?;
+        if !copied.sha256.eq_ignore_ascii_case(sha256) {
             return Err(BundleError::PayloadHash {
                 expected: sha256.to_string(),
-                got,
+                got: copied.sha256,
             });
         }
-        Ok(())
+        Ok(copied)
     }
-}
-
-/// SHA-256 and length of everything a reader yields.
-pub fn hash_stream(r: &mut impl Read) -> std::io::Result<(String, u64)> {
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; CHUNK];
-    let mut total = 0u64;
-    loop {
-        let n = r.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-        total += n as u64;
-    }
-    Ok((hex::encode(hasher.finalize()), total))
 }
 
 #[cfg(test)]
@@ -329,7 +299,7 @@ pub(crate) mod tests {
     }
 
     pub fn manifest_for(payload: &[u8]) -> Manifest {
-        let (sha256, size) = hash_stream(&mut &payload[..]).unwrap();
+        let (sha256, size) = copy::hash_stream(&mut &payload[..]).unwrap();
         Manifest {
             format: 1,
             board: "qemu-aarch64".into(),
@@ -366,7 +336,7 @@ pub(crate) mod tests {
         let payload = b"root".to_vec();
         let kernel = b"kernel image".to_vec();
         let mut m = manifest_for(&payload);
-        let (sha256, size) = hash_stream(&mut &kernel[..]).unwrap();
+        let (sha256, size) = copy::hash_stream(&mut &kernel[..]).unwrap();
         m.boot_files.push(BootFile {
             name: "Image".into(),
             size,
@@ -377,14 +347,14 @@ pub(crate) mod tests {
         let mut opened = open(&out[..], &[k.public()]).unwrap();
         let (mut root, mut image) = (Vec::new(), Vec::new());
         opened.copy_payload(&mut root, |_| {}).unwrap();
-        opened.copy_boot_file(0, &mut image).unwrap();
+        opened.copy_boot_file(0, &mut image, |_| {}).unwrap();
         opened.finish().unwrap();
         assert_eq!((root, image), (payload, kernel));
         *out.last_mut().unwrap() ^= 1;
         let mut opened = open(&out[..], &[k.public()]).unwrap();
         opened.copy_payload(&mut Vec::new(), |_| {}).unwrap();
         assert!(matches!(
-            opened.copy_boot_file(0, &mut Vec::new()),
+            opened.copy_boot_file(0, &mut Vec::new(), |_| {}),
             Err(BundleError::PayloadHash { .. })
         ));
     }
@@ -392,7 +362,7 @@ pub(crate) mod tests {
     #[test]
     fn a_signed_bundle_streams_its_payload() {
         let k = key();
-        let payload = vec![7u8; 3 * CHUNK + 5];
+        let payload = vec![7u8; 3 * copy::CHUNK + 5];
         let b = bundle(&k, &manifest_for(&payload), &payload);
         assert_eq!(&b[..8], MAGIC);
         assert_eq!(install(&b, &[k.public()]).unwrap(), payload);

@@ -34,6 +34,54 @@ pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
 
+/// A writer that starts the kernel's writeback of what it has written every few MiB,
+/// instead of leaving it all to the final `fsync`: the storage then works while the next
+/// chunks are still being produced, and the final flush has little left to do.
+pub struct WritebackAhead<'a> {
+    file: &'a std::fs::File,
+    written: u64,
+    started: u64,
+}
+
+/// How much is written before writeback of it is started.
+const WRITEBACK_STEP: u64 = 8 << 20;
+
+impl<'a> WritebackAhead<'a> {
+    pub fn new(file: &'a std::fs::File) -> Self {
+        WritebackAhead {
+            file,
+            written: 0,
+            started: 0,
+        }
+    }
+}
+
+impl Write for WritebackAhead<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = (&mut &*self.file).write(buf)?;
+        self.written += n as u64;
+        if self.written - self.started >= WRITEBACK_STEP {
+            use std::os::unix::io::AsRawFd;
+            // SAFETY: a hint on a descriptor we borrow; it does not wait for the data.
+            // Failure only means the final fsync does all the work, as it would anyway.
+            unsafe {
+                libc::sync_file_range(
+                    self.file.as_raw_fd(),
+                    self.started as libc::off64_t,
+                    (self.written - self.started) as libc::off64_t,
+                    libc::SYNC_FILE_RANGE_WRITE,
+                );
+            }
+            self.started = self.written;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 fn parent(path: &Path) -> &Path {
     match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,

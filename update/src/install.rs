@@ -5,10 +5,11 @@ use crate::bootctl::{BootControl, BootControlError};
 use crate::bundle::{self, BundleError, Manifest};
 use crate::keys::PublicKey;
 use crate::state::DeviceState;
-use crate::{fsutil, version, Slot};
-use std::io::{Read, Seek, SeekFrom, Write};
+use crate::{copy, fsutil, version, Slot};
+use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 #[derive(Debug, thiserror::Error)]
 pub enum InstallError {
@@ -62,7 +63,11 @@ pub struct Target {
 /// Install phases, for progress display.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
+    /// The payload into the slot.
     Writing,
+    /// The kernel and initramfs into the slot's directory on the boot partition.
+    BootFiles,
+    /// Reading the slot back.
     Verifying,
 }
 
@@ -154,46 +159,43 @@ pub fn install(
         .save(state_file)
         .map_err(io("saving the update state"))?;
 
-    let total = manifest.payload.size;
-    {
-        let mut w = std::io::BufWriter::with_capacity(bundle::CHUNK, &mut dev);
-        opened.copy_payload(&mut w, |done| progress(Phase::Writing, done, total))?;
-        w.flush().map_err(io("writing the slot"))?;
-    }
-    dev.sync_all().map_err(io("flushing the slot"))?;
-
-    // The slot's old kernel and initramfs go first: the slot is marked bad, nothing boots
-    // them, and a boot partition sized for two slots has no room for a third set.
-    // The directory itself stays: FAT has no journal, and a directory allocated just before
-    // a power cut can hold stale data that fsck then reads as entries crossing other files.
+    // The slot's old kernel and initramfs go too: nothing boots them any more, and a boot
+    // partition sized for two slots has no room for a third set.
     let slot_dir = target.boot_dir.join(slot.letter());
-    std::fs::create_dir_all(&slot_dir).map_err(io(format!("creating {}", slot_dir.display())))?;
     clear_slot_dir(&slot_dir).map_err(io(format!("clearing {}", slot_dir.display())))?;
-    let mut staged = Vec::new();
-    for (i, f) in manifest.boot_files.iter().enumerate() {
-        let tmp = slot_dir.join(format!(".{}.new", f.name));
-        let mut out =
-            std::fs::File::create(&tmp).map_err(io(format!("creating {}", tmp.display())))?;
-        opened.copy_boot_file(i, &mut out)?;
-        out.sync_all()
-            .map_err(io(format!("flushing {}", tmp.display())))?;
-        staged.push((tmp, slot_dir.join(&f.name)));
-    }
-    opened.finish()?;
 
-    // Read the slot back past the page cache: what the next boot will see.
-    drop_cache(&dev);
-    dev.seek(SeekFrom::Start(0))
-        .map_err(io("reading the slot back"))?;
-    let (sha, len) = bundle::hash_stream(&mut ProgressReader {
-        inner: (&mut dev).take(total),
-        done: 0,
-        report: &mut |done| progress(Phase::Verifying, done, total),
-    })
-    .map_err(io("reading the slot back"))?;
-    if len != total || !sha.eq_ignore_ascii_case(&manifest.payload.sha256) {
+    let total = manifest.payload.size;
+    let written = opened.copy_payload(&mut fsutil::WritebackAhead::new(&dev), |done| {
+        progress(Phase::Writing, done, total)
+    })?;
+
+    // The slot's flush and read-back run beside the boot files' copy: one works on the root
+    // partition, the other on the boot partition, and neither waits for the other.
+    let checked = AtomicU64::new(0);
+    let (staged, same) = std::thread::scope(|s| {
+        let read_back = s.spawn(|| {
+            dev.sync_all().map_err(io("flushing the slot"))?;
+            read_back(&dev, &written.chunk_crcs, total, &checked)
+                .map_err(io("reading the slot back"))
+        });
+        let staged = write_boot_files(&mut opened, &manifest, target, slot, &mut progress)
+            .and_then(|staged| opened.finish().map(|()| staged).map_err(Into::into));
+        while !read_back.is_finished() {
+            progress(Phase::Verifying, checked.load(Ordering::Relaxed), total);
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let same = read_back.join().unwrap_or_else(|_| {
+            Err(io("reading the slot back")(std::io::Error::other(
+                "the read-back thread panicked",
+            )))
+        });
+        (staged, same)
+    });
+    let staged = staged?;
+    if !same? {
         return Err(InstallError::ReadBack { slot });
     }
+    progress(Phase::Verifying, total, total);
     for (tmp, dest) in staged {
         fsutil::rename(&tmp, &dest).map_err(io(format!("installing {}", dest.display())))?;
     }
@@ -213,10 +215,57 @@ pub fn install(
     Ok(manifest)
 }
 
+/// Reads the slot back past the page cache, what the next boot will see, and compares each
+/// chunk with the CRC of the bytes that passed the signed SHA-256.
+fn read_back(
+    dev: &std::fs::File,
+    chunk_crcs: &[u32],
+    total: u64,
+    checked: &AtomicU64,
+) -> std::io::Result<bool> {
+    drop_cache(dev);
+    let mut r = dev;
+    r.seek(SeekFrom::Start(0))?;
+    copy::matches_chunks(&mut r, chunk_crcs, total, |done| {
+        checked.store(done, Ordering::Relaxed)
+    })
+}
+
+/// Streams the boot files into the slot's directory under temporary names, flushed; returns
+/// (temporary, final) name pairs for the renames once everything is verified.
+fn write_boot_files<R: Read>(
+    opened: &mut bundle::Opened<R>,
+    manifest: &Manifest,
+    target: &Target,
+    slot: Slot,
+    progress: &mut impl FnMut(Phase, u64, u64),
+) -> Result<Vec<(PathBuf, PathBuf)>, InstallError> {
+    let slot_dir = target.boot_dir.join(slot.letter());
+    let mut staged = Vec::new();
+    let boot_total = manifest.boot_files.iter().map(|f| f.size).sum::<u64>();
+    let mut boot_done = 0;
+    for (i, f) in manifest.boot_files.iter().enumerate() {
+        let tmp = slot_dir.join(format!(".{}.new", f.name));
+        let out = std::fs::File::create(&tmp).map_err(io(format!("creating {}", tmp.display())))?;
+        opened.copy_boot_file(i, &mut fsutil::WritebackAhead::new(&out), |done| {
+            progress(Phase::BootFiles, boot_done + done, boot_total)
+        })?;
+        boot_done += f.size;
+        out.sync_all()
+            .map_err(io(format!("flushing {}", tmp.display())))?;
+        staged.push((tmp, slot_dir.join(&f.name)));
+    }
+    Ok(staged)
+}
+
 /// The marker each slot directory keeps for good (written by the image builder).
 pub const SLOT_DIR_MARKER: &str = "README.txt";
 
+/// Empties a slot's directory on the boot partition, keeping the directory itself: FAT has
+/// no journal, and a directory allocated just before a power cut can hold stale data that
+/// fsck then reads as entries crossing other files.
 fn clear_slot_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
         if entry.file_type()?.is_file() && entry.file_name() != SLOT_DIR_MARKER {
@@ -230,21 +279,6 @@ fn drop_cache(f: &std::fs::File) {
     // SAFETY: advisory call on a descriptor we own.
     unsafe {
         libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED);
-    }
-}
-
-struct ProgressReader<'a, R> {
-    inner: R,
-    done: u64,
-    report: &'a mut dyn FnMut(u64),
-}
-
-impl<R: Read> Read for ProgressReader<'_, R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.done += n as u64;
-        (self.report)(self.done);
-        Ok(n)
     }
 }
 
@@ -294,7 +328,7 @@ mod tests {
     fn with_kernel(payload: &[u8], kernel: &[u8]) -> (PublicKey, Vec<u8>) {
         let k = key();
         let mut m = manifest_for(payload);
-        let (sha256, size) = bundle::hash_stream(&mut &kernel[..]).unwrap();
+        let (sha256, size) = copy::hash_stream(&mut &kernel[..]).unwrap();
         m.boot_files.push(BootFile {
             name: "Image".into(),
             size,

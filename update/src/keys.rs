@@ -3,7 +3,6 @@
 
 use base64::Engine;
 use ring::signature::{Ed25519KeyPair, KeyPair};
-use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 
 /// DER prefix of an ed25519 SubjectPublicKeyInfo; the 32 key bytes follow.
@@ -44,7 +43,9 @@ pub struct PublicKey {
 
 impl PublicKey {
     pub fn id(&self) -> [u8; 32] {
-        Sha256::digest(self.bytes).into()
+        let mut id = [0u8; 32];
+        id.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, &self.bytes).as_ref());
+        id
     }
 
     pub fn to_pem(&self) -> String {

@@ -12,6 +12,8 @@ pub mod version;
 #[cfg(feature = "bundle")]
 pub mod bundle;
 #[cfg(feature = "bundle")]
+pub mod copy;
+#[cfg(feature = "bundle")]
 pub mod install;
 #[cfg(feature = "bundle")]
 pub mod keys;

@@ -259,40 +259,57 @@ pub fn rollback_command(reboot: bool) -> Result<()> {
     Ok(())
 }
 
-/// Install progress: a bar redrawn in place on a terminal, a line per quarter otherwise.
+/// Install progress: a bar redrawn in place on a terminal, a line per quarter otherwise,
+/// and at the end how long each phase took.
 struct Progress {
     tty: bool,
+    begun: Instant,
     started: Instant,
     last_quarter: u64,
     last_pct: u64,
     phase: Option<Phase>,
+    took: Vec<(Phase, f64)>,
+}
+
+fn phase_words(phase: Phase) -> &'static str {
+    match phase {
+        Phase::Writing => "writing",
+        Phase::BootFiles => "boot files",
+        Phase::Verifying => "verifying",
+    }
 }
 
 impl Progress {
     fn new() -> Self {
         Progress {
             tty: std::io::stderr().is_terminal(),
+            begun: Instant::now(),
             started: Instant::now(),
             last_quarter: 0,
             last_pct: u64::MAX,
             phase: None,
+            took: Vec::new(),
+        }
+    }
+
+    fn end_phase(&mut self) {
+        if let Some(p) = self.phase {
+            self.took.push((p, self.started.elapsed().as_secs_f64()));
+            if self.tty {
+                eprintln!();
+            }
         }
     }
 
     fn show(&mut self, phase: Phase, done: u64, total: u64) {
         if self.phase != Some(phase) {
-            if self.phase.is_some() && self.tty {
-                eprintln!();
-            }
+            self.end_phase();
             self.phase = Some(phase);
             self.started = Instant::now();
             self.last_quarter = 0;
             self.last_pct = u64::MAX;
         }
-        let verb = match phase {
-            Phase::Writing => "writing",
-            Phase::Verifying => "verifying",
-        };
+        let verb = phase_words(phase);
         let pct = (done * 100).checked_div(total).unwrap_or(100);
         let rate = done as f64 / 1048576.0 / self.started.elapsed().as_secs_f64().max(0.001);
         let line = format!(
@@ -316,10 +333,22 @@ impl Progress {
         }
     }
 
-    fn finish(&self) {
-        if self.tty && self.phase.is_some() {
-            eprintln!();
+    fn finish(&mut self) {
+        self.end_phase();
+        self.phase = None;
+        if self.took.is_empty() {
+            return;
         }
+        let phases: Vec<String> = self
+            .took
+            .iter()
+            .map(|(p, secs)| format!("{} {secs:.1} s", phase_words(*p)))
+            .collect();
+        eprintln!(
+            "cairn update: {:.1} s in all ({})",
+            self.begun.elapsed().as_secs_f64(),
+            phases.join(", ")
+        );
     }
 }
 
