@@ -37,6 +37,24 @@ pub enum FatError {
 
 pub type Result<T, E = FatError> = std::result::Result<T, E>;
 
+/// fatfs picks FAT32 from this size on (and its own cluster size for it).
+const FAT32_FROM: u64 = 512 << 20;
+
+/// The cluster size of a FAT16 volume: the largest (up to FAT's 32 KiB) that still leaves
+/// twice FAT16's minimum of 4085 clusters. fatfs's default follows DOS's table (2 KiB at
+/// 128 MiB); Linux's vfat driver allocates a file cluster by cluster, so an update's
+/// 30 MiB kernel writes about as fast as a raw partition only with large clusters, and the
+/// boot partition holds a few large files, so little space goes to waste.
+fn fat16_cluster_bytes(size_bytes: u64) -> Option<u32> {
+    if size_bytes >= FAT32_FROM {
+        return None;
+    }
+    [32u32, 16, 8, 4, 2]
+        .into_iter()
+        .map(|kib| kib * 1024)
+        .find(|&bytes| size_bytes / u64::from(bytes) >= 2 * 4085)
+}
+
 /// Formats `out` (from offset 0, `size_bytes` long) as a FAT volume and fills it with
 /// `files` ('/'-separated paths, parents created as needed). FAT12/16/32 is chosen by fatfs
 /// from the size. Byte-identical output for identical arguments.
@@ -60,6 +78,9 @@ pub fn build_fat_image(
     let mut format = FormatVolumeOptions::new()
         .total_sectors((size_bytes / SECTOR) as u32)
         .volume_id(volume_id);
+    if let Some(bytes) = fat16_cluster_bytes(size_bytes) {
+        format = format.bytes_per_cluster(bytes);
+    }
     if let Some(label) = label {
         format = format.volume_label(label);
     }
@@ -631,12 +652,27 @@ mod tests {
     }
 
     #[test]
+    fn boot_partitions_get_large_clusters_and_stay_fat16() {
+        assert_eq!(fat16_cluster_bytes(16 * MIB), Some(2048));
+        assert_eq!(fat16_cluster_bytes(64 * MIB), Some(8192));
+        assert_eq!(fat16_cluster_bytes(128 * MIB), Some(16384));
+        assert_eq!(fat16_cluster_bytes(511 * MIB), Some(32768));
+        assert_eq!(fat16_cluster_bytes(FAT32_FROM), None);
+        let img = build(128 * MIB, &files());
+        let sectors_per_cluster = u64::from(img[13]);
+        assert_eq!(sectors_per_cluster * SECTOR, 16384);
+    }
+
+    #[test]
     fn fat_type_follows_size_and_directories_are_well_formed() {
         // fatfs picks FAT16 up to 511 MiB and FAT32 from 512 MiB. The FAT32 case is built
         // into a (sparse) file rather than memory; it also exercises the file-backed path.
         for (size, want) in [
+            (16 * MIB, fatfs::FatType::Fat16),
             (32 * MIB, fatfs::FatType::Fat16),
+            (128 * MIB, fatfs::FatType::Fat16),
             (256 * MIB, fatfs::FatType::Fat16),
+            (511 * MIB, fatfs::FatType::Fat16),
             (512 * MIB, fatfs::FatType::Fat32),
         ] {
             let mut file = tempfile::tempfile().unwrap();
@@ -793,7 +829,7 @@ mod tests {
         let have = |tool: &str, arg: &str| matches!(Command::new(tool).arg(arg).output(), Ok(o) if o.status.success());
         if have("fsck.fat", "--help") {
             // FAT16 and FAT32 (fatfs picks FAT32 from 512 MiB; the file stays sparse).
-            for size in [64 * MIB, 512 * MIB] {
+            for size in [16 * MIB, 64 * MIB, 128 * MIB, 512 * MIB] {
                 let file = tempfile::NamedTempFile::new().unwrap();
                 build_fat_image(&mut file.reopen().unwrap(), size, "CAIRN", 1, &files(), TS)
                     .unwrap();
