@@ -753,18 +753,14 @@ fn new_generation_name() -> String {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
-    let secs = now.as_secs() as libc::time_t;
-    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
-    // SAFETY: gmtime_r writes only into `tm`.
-    unsafe { libc::gmtime_r(&secs, &mut tm) };
+    let secs = now.as_secs() as i64;
+    let (y, m, d) = crate::api::objects::civil_from_days(secs.div_euclid(86_400));
+    let rem = secs.rem_euclid(86_400);
     format!(
-        "..{:04}_{:02}_{:02}_{:02}_{:02}_{:02}.{:09}",
-        tm.tm_year + 1900,
-        tm.tm_mon + 1,
-        tm.tm_mday,
-        tm.tm_hour,
-        tm.tm_min,
-        tm.tm_sec,
+        "..{y:04}_{m:02}_{d:02}_{:02}_{:02}_{:02}.{:09}",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60,
         now.subsec_nanos()
     )
 }
