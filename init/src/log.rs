@@ -10,6 +10,22 @@ pub fn line(msg: std::fmt::Arguments<'_>) {
     let _ = out.flush();
 }
 
+/// Waits (at most `max`) until the console has sent what was written to it. Ending a
+/// shell on the console hangs the terminal up, and a hang-up throws away output not yet
+/// sent: on a slow serial line that would be the last lines before a reboot.
+pub fn drain_console(max: std::time::Duration) {
+    let deadline = std::time::Instant::now() + max;
+    loop {
+        let mut queued: libc::c_int = 0;
+        // SAFETY: TIOCOUTQ writes one int into `queued`; on a non-terminal it fails.
+        let ok = unsafe { libc::ioctl(libc::STDOUT_FILENO, libc::TIOCOUTQ, &mut queued) } == 0;
+        if !ok || queued == 0 || std::time::Instant::now() >= deadline {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
 #[macro_export]
 macro_rules! info {
     ($($arg:tt)*) => { $crate::log::line(format_args!($($arg)*)) };

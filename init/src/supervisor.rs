@@ -306,7 +306,10 @@ impl Supervisor {
             info!("stopping {}", self.services[i].spec.name);
             // An interactive shell ignores SIGTERM; a hang-up ends it as a closed terminal would.
             let signal = match self.services[i].spec.output {
-                Output::Terminal(_) => libc::SIGHUP,
+                Output::Terminal(_) => {
+                    crate::log::drain_console(Duration::from_secs(2));
+                    libc::SIGHUP
+                }
                 Output::Logged => libc::SIGTERM,
             };
             // SAFETY: signalling our own child.
