@@ -19,13 +19,17 @@ pub fn replace_file(path: &Path, contents: &[u8]) -> std::io::Result<()> {
         f.write_all(contents)?;
         f.sync_all()?;
     }
-    std::fs::rename(&tmp, path)?;
-    sync_dir(dir)
+    rename(&tmp, path)
 }
 
-/// Renames `from` to `to` and flushes the directory.
+/// Renames `from` to `to`, then flushes the renamed file and the directory.
 pub fn rename(from: &Path, to: &Path) -> std::io::Result<()> {
     std::fs::rename(from, to)?;
+    // FAT keeps a file's size and first cluster in its directory entry, and Linux's vfat
+    // writes the renamed entry with size 0 (or, over an existing file, with the replaced
+    // file's clusters), leaving the real values to the file's later writeback. Until that
+    // happens a power cut leaves an empty or wrong kernel. Flushing the file writes them.
+    std::fs::File::open(to)?.sync_all()?;
     sync_dir(parent(to))
 }
 
