@@ -178,7 +178,7 @@ pub fn install(
             read_back(&dev, &written.chunk_crcs, total, &checked)
                 .map_err(io("reading the slot back"))
         });
-        let staged = write_boot_files(&mut opened, &manifest, target, slot, &mut progress)
+        let staged = write_boot_files(&mut opened, &manifest, &slot_dir, &mut progress)
             .and_then(|staged| opened.finish().map(|()| staged).map_err(Into::into));
         while !read_back.is_finished() {
             progress(Phase::Verifying, checked.load(Ordering::Relaxed), total);
@@ -236,11 +236,9 @@ fn read_back(
 fn write_boot_files<R: Read>(
     opened: &mut bundle::Opened<R>,
     manifest: &Manifest,
-    target: &Target,
-    slot: Slot,
+    slot_dir: &Path,
     progress: &mut impl FnMut(Phase, u64, u64),
 ) -> Result<Vec<(PathBuf, PathBuf)>, InstallError> {
-    let slot_dir = target.boot_dir.join(slot.letter());
     let mut staged = Vec::new();
     let boot_total = manifest.boot_files.iter().map(|f| f.size).sum::<u64>();
     let mut boot_done = 0;
