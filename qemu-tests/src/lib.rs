@@ -302,19 +302,27 @@ impl Vm {
         self.serial.lock().map(|s| s.clone()).unwrap_or_default()
     }
 
-    /// Waits until `pattern` appears after the last match; returns the line it is on.
+    /// Waits until `pattern` appears after the last match; returns the whole line it is on.
+    ///
+    /// The match counts only once its line has ended: the serial port delivers a line in
+    /// pieces, and a caller parsing `CAIRN READY slot=… version=…` must not see half of it.
     pub fn wait_for(&mut self, pattern: &str, timeout: Duration) -> Result<String> {
         let start = Instant::now();
         loop {
+            // Checked before the serial text is read: once QEMU has gone, that text is final
+            // and an unterminated last line is as complete as it will get.
+            let exited = self.child.try_wait().ok().flatten();
             let text = self.serial();
             if let Some(pos) = text[self.cursor.min(text.len())..].find(pattern) {
                 let at = self.cursor + pos;
-                let line_start = text[..at].rfind('\n').map_or(0, |p| p + 1);
-                let line_end = text[at..].find('\n').map_or(text.len(), |p| at + p);
-                self.cursor = at + pattern.len();
-                return Ok(text[line_start..line_end].to_string());
+                let end = text[at..].find('\n').map(|p| at + p);
+                if let Some(end) = end.or(exited.map(|_| text.len())) {
+                    let line_start = text[..at].rfind('\n').map_or(0, |p| p + 1);
+                    self.cursor = at + pattern.len();
+                    return Ok(text[line_start..end].trim_end_matches('\r').to_string());
+                }
             }
-            if let Ok(Some(status)) = self.child.try_wait() {
+            if let Some(status) = exited {
                 bail!(
                     "QEMU exited ({status}) before {pattern:?} appeared; serial tail:\n{}",
                     tail(&text[self.cursor.min(text.len())..])

@@ -42,7 +42,8 @@ fn bundle_path(set: &str, board: &str, version: &str) -> PathBuf {
 fn boot(image: &BoardImage, disk: &Disk, name: &str) -> (Vm, String, String) {
     let mut vm = Vm::boot(image, disk, name).expect("qemu");
     let line = vm.wait_for("CAIRN READY", BOOT_TIMEOUT).expect("READY");
-    let (slot, _, version) = parse_ready(&line).expect("READY line");
+    let (slot, _, version) =
+        parse_ready(&line).unwrap_or_else(|| panic!("{name}: unreadable READY line {line:?}"));
     // The console shell is up once READY is printed; let it settle.
     vm.sh("true", SH).expect("console");
     (vm, slot, version)
