@@ -99,7 +99,7 @@ fn signed_prefix(manifest_len: u32, key_id: &[u8; 32]) -> [u8; 48] {
 /// Writes a signed bundle: header, manifest, the payload copied from `payload`, then the
 /// boot files (one per manifest entry, in order; a kernel and an initramfs fit in memory).
 pub fn write(
-    out: &mut impl Write,
+    out: &mut (impl Write + Send),
     key: &SigningKey,
     manifest: &Manifest,
     payload: &mut impl Read,
@@ -135,7 +135,7 @@ pub fn write(
 
 fn copy_exact(
     from: &mut (impl Read + ?Sized),
-    out: &mut impl Write,
+    out: &mut (impl Write + Send),
     size: u64,
 ) -> Result<(), BundleError> {
     let copied = std::io::copy(&mut from.take(size), out)?;
@@ -220,7 +220,7 @@ impl<R: Read> Opened<R> {
     /// written, for checking the destination's read-back.
     pub fn copy_payload(
         &mut self,
-        out: &mut impl Write,
+        out: &mut (impl Write + Send),
         progress: impl FnMut(u64),
     ) -> Result<Copied, BundleError> {
         let (size, sha) = (
@@ -234,7 +234,7 @@ impl<R: Read> Opened<R> {
     pub fn copy_boot_file(
         &mut self,
         index: usize,
-        out: &mut impl Write,
+        out: &mut (impl Write + Send),
         progress: impl FnMut(u64),
     ) -> Result<(), BundleError> {
         let f = self
@@ -266,7 +266,7 @@ impl<R: Read> Opened<R> {
 
     fn copy_section(
         &mut self,
-        out: &mut impl Write,
+        out: &mut (impl Write + Send),
         expected: u64,
         sha256: &str,
         progress: impl FnMut(u64),

@@ -9,6 +9,7 @@
 //! SHA-256 check without hashing the whole slot a second time.
 
 use std::io::{ErrorKind, Read, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 
 /// Chunk size of copies and of the read-back check: large enough for full-speed
@@ -50,48 +51,71 @@ fn fill(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
     Ok(n)
 }
 
-/// Copies exactly `expected` bytes from `from` to `out`, hashing them on a second thread.
-/// `progress` hears the bytes written so far. Nothing past `expected` is read.
+/// Copies exactly `expected` bytes from `from` to `out`, hashing them on a second thread
+/// and writing them on a third. `progress` hears the bytes read so far. Nothing past
+/// `expected` is read.
+///
+/// The writes have a thread of their own so that waiting for the storage never holds up
+/// the reads that keep the hashing thread fed; the hash is the slowest of the three.
 pub fn hashed_copy(
     from: &mut impl Read,
-    out: &mut impl Write,
+    out: &mut (impl Write + Send),
     expected: u64,
     mut progress: impl FnMut(u64),
 ) -> Result<Copied, CopyError> {
-    let (to_hash, chunks) = mpsc::sync_channel::<Arc<Vec<u8>>>(IN_FLIGHT);
-    let (give_back, free) = mpsc::channel::<Arc<Vec<u8>>>();
+    let (to_hash, hash_queue) = mpsc::sync_channel::<Arc<Vec<u8>>>(IN_FLIGHT);
+    let (to_write, write_queue) = mpsc::sync_channel::<Arc<Vec<u8>>>(IN_FLIGHT);
+    // Both workers hand every buffer back; it is free again once neither holds it.
+    let (give_back, returned) = mpsc::channel::<Arc<Vec<u8>>>();
     let chunk = CHUNK.min(expected.max(1) as usize);
-    for _ in 0..IN_FLIGHT {
+    // Enough for both queues to be full while the reading thread fills one more.
+    for _ in 0..2 * IN_FLIGHT + 1 {
         // The receiver is still here: the send cannot fail.
         let _ = give_back.send(Arc::new(vec![0u8; chunk]));
     }
+    let write_failed = AtomicBool::new(false);
     std::thread::scope(|s| {
+        let hash_give_back = give_back.clone();
         let hasher = s.spawn(move || {
             let mut sha = ring::digest::Context::new(&ring::digest::SHA256);
-            for buf in chunks {
+            for buf in hash_queue {
                 sha.update(&buf);
-                // The copying thread may have stopped early; the buffer is then not needed.
-                let _ = give_back.send(buf);
+                // The reading thread may have stopped early; the buffer is then not needed.
+                let _ = hash_give_back.send(buf);
             }
             hex::encode(sha.finish())
         });
+        let write_failed = &write_failed;
+        let writer = s.spawn(move || -> std::io::Result<()> {
+            let mut result = Ok(());
+            // After a failure the queue is still drained, so every buffer goes back and the
+            // reading thread, told by the flag, never waits for one that is held here.
+            for buf in write_queue {
+                if result.is_ok() {
+                    result = out.write_all(&buf);
+                    if result.is_err() {
+                        write_failed.store(true, Ordering::Relaxed);
+                    }
+                }
+                let _ = give_back.send(buf);
+            }
+            // A buffering writer holds the last piece until told.
+            result.and_then(|()| out.flush())
+        });
         let mut done = 0u64;
-        // The CRCs are taken here, not on the hashing thread: SHA-256 alone is already the
-        // slower side, so the copying thread's spare time pays for them.
+        // The CRCs are taken here: this thread waits on neither the hash nor the storage.
         let mut chunk_crcs = Vec::new();
-        let copied = (|| {
-            while done < expected {
-                let mut buf = free.recv().map_err(|_| {
-                    CopyError::Read(std::io::Error::other("the hashing thread stopped"))
-                })?;
-                let want = (expected - done).min(chunk as u64) as usize;
-                // The hashing thread gave this buffer back and the last write is done with
-                // it: this is the only reference.
+        let stopped =
+            |who: &str| CopyError::Read(std::io::Error::other(format!("the {who} thread stopped")));
+        let read = (|| {
+            while done < expected && !write_failed.load(Ordering::Relaxed) {
+                let mut buf = returned.recv().map_err(|_| stopped("hashing"))?;
+                // A buffer comes back once from each worker: the second return is the one
+                // that leaves it unshared.
                 let Some(bytes) = Arc::get_mut(&mut buf) else {
-                    return Err(CopyError::Read(std::io::Error::other(
-                        "a chunk buffer is still shared",
-                    )));
+                    continue;
                 };
+                let want = (expected - done).min(chunk as u64) as usize;
                 bytes.resize(want, 0);
                 let n = fill(from, bytes).map_err(CopyError::Read)?;
                 if n < want {
@@ -100,24 +124,26 @@ pub fn hashed_copy(
                         expected,
                     });
                 }
-                if to_hash.send(buf.clone()).is_err() {
-                    return Err(CopyError::Read(std::io::Error::other(
-                        "the hashing thread stopped",
-                    )));
-                }
-                out.write_all(&buf).map_err(CopyError::Write)?;
                 chunk_crcs.push(crc32fast::hash(&buf));
-                drop(buf);
+                to_hash.send(buf.clone()).map_err(|_| stopped("hashing"))?;
+                to_write.send(buf).map_err(|_| stopped("writing"))?;
                 done += want as u64;
                 progress(done);
             }
             Ok(())
         })();
         drop(to_hash);
+        drop(to_write);
+        let written = writer
+            .join()
+            .map_err(|_| CopyError::Write(std::io::Error::other("the writing thread panicked")))?;
         let sha256 = hasher
             .join()
             .map_err(|_| CopyError::Read(std::io::Error::other("the hashing thread panicked")))?;
-        copied.map(|()| Copied { sha256, chunk_crcs })
+        // The writer's failure explains anything the reading thread saw after it.
+        written.map_err(CopyError::Write)?;
+        read?;
+        Ok(Copied { sha256, chunk_crcs })
     })
 }
 

@@ -3,11 +3,11 @@
 
 use crate::bootctl::{BootControl, BootControlError};
 use crate::bundle::{self, BundleError, Manifest};
+use crate::direct_io::SlotFile;
 use crate::keys::PublicKey;
 use crate::state::DeviceState;
 use crate::{copy, fsutil, version, Slot};
 use std::io::{Read, Seek, SeekFrom};
-use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -118,7 +118,7 @@ pub fn check(
     Ok(())
 }
 
-fn size_of(dev: &mut std::fs::File) -> std::io::Result<u64> {
+fn size_of(mut dev: &std::fs::File) -> std::io::Result<u64> {
     // Block devices report no length in their metadata; seeking to the end does.
     let end = dev.seek(SeekFrom::End(0))?;
     dev.seek(SeekFrom::Start(0))?;
@@ -138,15 +138,11 @@ pub fn install(
     let slot = target.booted.other();
     let mut opened = bundle::open(stream, trusted)?;
     let manifest = opened.manifest.clone();
-    let mut dev = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&target.slot_device)
-        .map_err(io(format!(
-            "opening slot {slot} ({})",
-            target.slot_device.display()
-        )))?;
-    let slot_size = size_of(&mut dev).map_err(io("sizing the slot"))?;
+    let dev = SlotFile::open(&target.slot_device).map_err(io(format!(
+        "opening slot {slot} ({})",
+        target.slot_device.display()
+    )))?;
+    let slot_size = size_of(dev.file()).map_err(io("sizing the slot"))?;
     let mut state = DeviceState::load(state_file);
     check(&manifest, target, &state, slot_size)?;
 
@@ -165,7 +161,7 @@ pub fn install(
     clear_slot_dir(&slot_dir).map_err(io(format!("clearing {}", slot_dir.display())))?;
 
     let total = manifest.payload.size;
-    let written = opened.copy_payload(&mut fsutil::WritebackAhead::new(&dev), |done| {
+    let written = opened.copy_payload(&mut dev.writer(), |done| {
         progress(Phase::Writing, done, total)
     })?;
 
@@ -174,7 +170,7 @@ pub fn install(
     let checked = AtomicU64::new(0);
     let (staged, same) = std::thread::scope(|s| {
         let read_back = s.spawn(|| {
-            dev.sync_all().map_err(io("flushing the slot"))?;
+            dev.file().sync_all().map_err(io("flushing the slot"))?;
             read_back(&dev, &written.chunk_crcs, total, &checked)
                 .map_err(io("reading the slot back"))
         });
@@ -218,15 +214,12 @@ pub fn install(
 /// Reads the slot back past the page cache, what the next boot will see, and compares each
 /// chunk with the CRC of the bytes that passed the signed SHA-256.
 fn read_back(
-    dev: &std::fs::File,
+    dev: &SlotFile,
     chunk_crcs: &[u32],
     total: u64,
     checked: &AtomicU64,
 ) -> std::io::Result<bool> {
-    drop_cache(dev);
-    let mut r = dev;
-    r.seek(SeekFrom::Start(0))?;
-    copy::matches_chunks(&mut r, chunk_crcs, total, |done| {
+    copy::matches_chunks(&mut dev.reader(), chunk_crcs, total, |done| {
         checked.store(done, Ordering::Relaxed)
     })
 }
@@ -271,13 +264,6 @@ fn clear_slot_dir(dir: &Path) -> std::io::Result<()> {
         }
     }
     fsutil::sync_dir(dir)
-}
-
-fn drop_cache(f: &std::fs::File) {
-    // SAFETY: advisory call on a descriptor we own.
-    unsafe {
-        libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED);
-    }
 }
 
 #[cfg(test)]

@@ -14,6 +14,8 @@ pub mod bundle;
 #[cfg(feature = "bundle")]
 pub mod copy;
 #[cfg(feature = "bundle")]
+pub mod direct_io;
+#[cfg(feature = "bundle")]
 pub mod install;
 #[cfg(feature = "bundle")]
 pub mod keys;
