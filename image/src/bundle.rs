@@ -1,9 +1,11 @@
 //! The signed update bundle of a build, and checking one on the host.
 
 use crate::board::Board;
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use cairn_update::bundle::{self, BootFile, Manifest, Payload};
+use cairn_update::copy::section_digests;
 use cairn_update::keys::{PublicKey, SigningKey};
+use sha2::{Digest, Sha256};
 use std::path::Path;
 
 pub struct Contents<'a> {
@@ -20,14 +22,15 @@ pub struct Contents<'a> {
 pub fn write(out: &Path, key: &SigningKey, c: &Contents<'_>) -> Result<Manifest> {
     let mut root = std::fs::File::open(c.squashfs)
         .with_context(|| format!("opening {}", c.squashfs.display()))?;
-    let (sha256, size) = cairn_update::copy::hash_stream(&mut root)?;
+    let root = section_digests(&mut root)?;
     let mut boot_files = Vec::new();
     for (name, bytes) in c.boot_files {
-        let (sha256, size) = cairn_update::copy::hash_stream(&mut &bytes[..])?;
+        let d = section_digests(&mut &bytes[..])?;
         boot_files.push(BootFile {
             name: name.to_string(),
-            size,
-            sha256,
+            size: d.size,
+            sha256: d.sha256,
+            chunk_sha256: d.chunk_sha256,
         });
     }
     let manifest = Manifest {
@@ -39,8 +42,9 @@ pub fn write(out: &Path, key: &SigningKey, c: &Contents<'_>) -> Result<Manifest>
         created: c.created,
         payload: Payload {
             kind: "squashfs".into(),
-            size,
-            sha256,
+            size: root.size,
+            sha256: root.sha256,
+            chunk_sha256: root.chunk_sha256,
         },
         boot_files,
     };
@@ -58,18 +62,33 @@ pub fn write(out: &Path, key: &SigningKey, c: &Contents<'_>) -> Result<Manifest>
     Ok(manifest)
 }
 
-/// Checks a bundle on the host: signature by `key`, every section's length and hash.
+/// Checks a bundle on the host: signature by `key`, every section's length, the hash of
+/// each of its chunks (what a device checks) and its whole SHA-256 (what a person compares).
 pub fn verify(path: &Path, key: &Path) -> Result<Manifest> {
     let key = PublicKey::load(key)?;
     let f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let mut opened = bundle::open(std::io::BufReader::new(f), &[key])?;
     let manifest = opened.manifest.clone();
-    opened.copy_payload(&mut std::io::sink(), |_| {})?;
-    for i in 0..manifest.boot_files.len() {
-        opened.copy_boot_file(i, &mut std::io::sink(), |_| {})?;
+    let mut whole = Sha256::new();
+    opened.copy_payload(&mut whole, |_| {})?;
+    same_hash("payload", whole, &manifest.payload.sha256)?;
+    for (i, f) in manifest.boot_files.iter().enumerate() {
+        let mut whole = Sha256::new();
+        opened.copy_boot_file(i, &mut whole, |_| {})?;
+        same_hash(&format!("boot file {}", f.name), whole, &f.sha256)?;
     }
     opened.finish()?;
     Ok(manifest)
+}
+
+fn same_hash(section: &str, hasher: Sha256, manifest_says: &str) -> Result<()> {
+    let got = hex::encode(hasher.finalize());
+    if !got.eq_ignore_ascii_case(manifest_says) {
+        bail!(
+            "{section}: its chunks match their hashes but the whole hashes to {got}, not the manifest's {manifest_says}: the bundle was built wrong"
+        );
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -110,5 +129,23 @@ mod tests {
         std::fs::write(&public, other.public().to_pem()).unwrap();
         let err = verify(&out, &public).unwrap_err().to_string();
         assert!(err.contains("does not trust"), "{err}");
+
+        // Signed, every chunk as its hash says, but a whole-file hash that does not match:
+        // a device would install it, so the host check must catch the builder's mistake.
+        let mut m = written.clone();
+        m.boot_files[0].sha256 = "00".repeat(32);
+        let mut bytes = Vec::new();
+        let root = std::fs::read(&squashfs).unwrap();
+        bundle::write(
+            &mut bytes,
+            &other,
+            &m,
+            &mut &root[..],
+            &[b"kernel", b"initramfs"],
+        )
+        .unwrap();
+        std::fs::write(&out, bytes).unwrap();
+        let err = verify(&out, &public).unwrap_err().to_string();
+        assert!(err.contains("boot file Image: its chunks match"), "{err}");
     }
 }

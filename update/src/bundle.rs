@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! 0    8   magic "CAIRNBDL"
-//! 8    2   format version, u16 LE (1)
+//! 8    2   format version, u16 LE (2)
 //! 10   2   flags, u16 LE (0)
 //! 12   4   manifest length M, u32 LE (1..=65536)
 //! 16   32  key id: SHA-256 of the signer's ed25519 public key
@@ -12,15 +12,16 @@
 //! ...      each boot file of manifest.boot_files, in order, exactly its size; then end of file
 //! ```
 
-use crate::copy::{self, Copied, CopyError};
+use crate::copy::{self, Copied, CopyError, Digest};
 use crate::keys::{self, PublicKey, SigningKey};
 use serde::{Deserialize, Serialize};
 use std::io::{Read, Write};
 
 pub const MAGIC: &[u8; 8] = b"CAIRNBDL";
-pub const FORMAT_VERSION: u16 = 1;
+pub const FORMAT_VERSION: u16 = 2;
 pub const HEADER_LEN: usize = 112;
-pub const MAX_MANIFEST: u32 = 64 * 1024;
+/// Room for the chunk hashes of a root of several GiB.
+pub const MAX_MANIFEST: u32 = 1 << 20;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Manifest {
@@ -45,6 +46,8 @@ pub struct Payload {
     pub kind: String,
     pub size: u64,
     pub sha256: String,
+    /// SHA-256 of each `copy::CHUNK` of the payload, the last one short.
+    pub chunk_sha256: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -52,17 +55,21 @@ pub struct BootFile {
     pub name: String,
     pub size: u64,
     pub sha256: String,
+    /// SHA-256 of each `copy::CHUNK` of the file, the last one short.
+    pub chunk_sha256: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum BundleError {
     #[error("not a cairn update bundle (no CAIRNBDL magic at the start)")]
     NotABundle,
-    #[error("bundle format {0} is newer than this cairn understands (1): update cairn first")]
+    #[error(
+        "bundle format {0} is not format {FORMAT_VERSION}, the one this cairn reads: build it with a matching cairn-image"
+    )]
     UnsupportedFormat(u16),
     #[error("bundle ends inside its {0}: the file is truncated")]
     TruncatedHeader(&'static str),
-    #[error("bundle manifest of {0} bytes is out of bounds (1..=65536)")]
+    #[error("bundle manifest of {0} bytes is out of bounds (1..={MAX_MANIFEST})")]
     ManifestSize(u32),
     #[error("bundle is not signed")]
     Unsigned,
@@ -78,8 +85,12 @@ pub enum BundleError {
     PayloadTruncated { got: u64, expected: u64 },
     #[error("payload is longer than the {expected} bytes its manifest declares")]
     PayloadOversized { expected: u64 },
-    #[error("payload hash mismatch: manifest says {expected}, the data hashes to {got}")]
-    PayloadHash { expected: String, got: String },
+    #[error("{section} hash mismatch in bytes {start}..{end}: the bundle was altered or damaged")]
+    PayloadHash {
+        section: String,
+        start: u64,
+        end: u64,
+    },
     #[error("reading the bundle: {0}")]
     Io(#[from] std::io::Error),
     #[error("writing what the bundle carries: {0}")]
@@ -99,7 +110,7 @@ fn signed_prefix(manifest_len: u32, key_id: &[u8; 32]) -> [u8; 48] {
 /// Writes a signed bundle: header, manifest, the payload copied from `payload`, then the
 /// boot files (one per manifest entry, in order; a kernel and an initramfs fit in memory).
 pub fn write(
-    out: &mut (impl Write + Send),
+    out: &mut impl Write,
     key: &SigningKey,
     manifest: &Manifest,
     payload: &mut impl Read,
@@ -135,7 +146,7 @@ pub fn write(
 
 fn copy_exact(
     from: &mut (impl Read + ?Sized),
-    out: &mut (impl Write + Send),
+    out: &mut impl Write,
     size: u64,
 ) -> Result<(), BundleError> {
     let copied = std::io::copy(&mut from.take(size), out)?;
@@ -154,6 +165,8 @@ pub struct Opened<R> {
     pub manifest: Manifest,
     pub key: PublicKey,
     stream: R,
+    /// Chunk digests of the payload, then of each boot file.
+    chunk_sha256: Vec<Vec<Digest>>,
 }
 
 fn read_exact_or(r: &mut impl Read, buf: &mut [u8], what: &'static str) -> Result<(), BundleError> {
@@ -207,15 +220,45 @@ pub fn open<R: Read>(mut stream: R, trusted: &[PublicKey]) -> Result<Opened<R>, 
             manifest.payload.kind
         )));
     }
+    let mut chunk_sha256 = vec![chunk_digests(
+        "payload",
+        manifest.payload.size,
+        &manifest.payload.chunk_sha256,
+    )?];
+    for f in &manifest.boot_files {
+        let section = format!("boot file {}", f.name);
+        chunk_sha256.push(chunk_digests(&section, f.size, &f.chunk_sha256)?);
+    }
     Ok(Opened {
         manifest,
         key,
         stream,
+        chunk_sha256,
     })
 }
 
+/// A section's chunk hashes as digests, once they are known to be one per chunk.
+fn chunk_digests(section: &str, size: u64, hex: &[String]) -> Result<Vec<Digest>, BundleError> {
+    if hex.len() != copy::chunk_count(size) {
+        return Err(BundleError::Manifest(format!(
+            "{section} has {} chunk hashes for its {} chunks",
+            hex.len(),
+            copy::chunk_count(size)
+        )));
+    }
+    hex.iter()
+        .map(|h| {
+            copy::digest_from_hex(h).ok_or_else(|| {
+                BundleError::Manifest(format!(
+                    "{section} has a chunk hash that is not SHA-256 hex"
+                ))
+            })
+        })
+        .collect()
+}
+
 impl<R: Read> Opened<R> {
-    /// Streams the payload into `out` while hashing it, and checks its length and hash.
+    /// Streams the payload into `out`, checking every chunk against its signed hash.
     /// `progress` hears the bytes done so far. Returns the per-chunk CRCs of what was
     /// written, for checking the destination's read-back.
     pub fn copy_payload(
@@ -223,11 +266,8 @@ impl<R: Read> Opened<R> {
         out: &mut (impl Write + Send),
         progress: impl FnMut(u64),
     ) -> Result<Copied, BundleError> {
-        let (size, sha) = (
-            self.manifest.payload.size,
-            self.manifest.payload.sha256.clone(),
-        );
-        self.copy_section(out, size, &sha, progress)
+        let size = self.manifest.payload.size;
+        self.copy_section(0, "payload", out, size, progress)
     }
 
     /// Streams boot file `index` (manifest order, after the payload) into `out` and checks it.
@@ -243,8 +283,14 @@ impl<R: Read> Opened<R> {
             .get(index)
             .cloned()
             .ok_or_else(|| BundleError::Manifest(format!("no boot file {index}")))?;
-        self.copy_section(out, f.size, &f.sha256, progress)
-            .map(drop)
+        self.copy_section(
+            index + 1,
+            &format!("boot file {}", f.name),
+            out,
+            f.size,
+            progress,
+        )
+        .map(drop)
     }
 
     /// Checks that nothing follows the last section.
@@ -266,26 +312,28 @@ impl<R: Read> Opened<R> {
 
     fn copy_section(
         &mut self,
+        index: usize,
+        name: &str,
         out: &mut (impl Write + Send),
-        expected: u64,
-        sha256: &str,
+        size: u64,
         progress: impl FnMut(u64),
     ) -> Result<Copied, BundleError> {
-        let copied =
-            copy::hashed_copy(&mut self.stream, out, expected, progress).map_err(|e| match e {
-                CopyError::Truncated { got, expected } => {
-                    BundleError::PayloadTruncated { got, expected }
+        let digests = self.chunk_sha256.get(index).map_or(&[][..], |d| &d[..]);
+        copy::checked_copy(&mut self.stream, out, size, digests, progress).map_err(|e| match e {
+            CopyError::Truncated { got, expected } => {
+                BundleError::PayloadTruncated { got, expected }
+            }
+            CopyError::Mismatch { chunk } => {
+                let start = chunk as u64 * copy::CHUNK as u64;
+                BundleError::PayloadHash {
+                    section: name.to_string(),
+                    start,
+                    end: size.min(start + copy::CHUNK as u64),
                 }
-                CopyError::Read(e) => BundleError::Io(e),
-                CopyError::Write(e) => BundleError::Write(e),
-            })?;
-        if !copied.sha256.eq_ignore_ascii_case(sha256) {
-            return Err(BundleError::PayloadHash {
-                expected: sha256.to_string(),
-                got: copied.sha256,
-            });
-        }
-        Ok(copied)
+            }
+            CopyError::Read(e) => BundleError::Io(e),
+            CopyError::Write(e) => BundleError::Write(e),
+        })
     }
 }
 
@@ -299,9 +347,9 @@ pub(crate) mod tests {
     }
 
     pub fn manifest_for(payload: &[u8]) -> Manifest {
-        let (sha256, size) = copy::hash_stream(&mut &payload[..]).unwrap();
+        let d = copy::section_digests(&mut &payload[..]).unwrap();
         Manifest {
-            format: 1,
+            format: FORMAT_VERSION,
             board: "qemu-aarch64".into(),
             arch: "arm64".into(),
             version: "0.2.0".into(),
@@ -309,10 +357,21 @@ pub(crate) mod tests {
             created: 0,
             payload: Payload {
                 kind: "squashfs".into(),
-                size,
-                sha256,
+                size: d.size,
+                sha256: d.sha256,
+                chunk_sha256: d.chunk_sha256,
             },
             boot_files: vec![],
+        }
+    }
+
+    pub fn boot_file(name: &str, bytes: &[u8]) -> BootFile {
+        let d = copy::section_digests(&mut &bytes[..]).unwrap();
+        BootFile {
+            name: name.into(),
+            size: d.size,
+            sha256: d.sha256,
+            chunk_sha256: d.chunk_sha256,
         }
     }
 
@@ -336,12 +395,7 @@ pub(crate) mod tests {
         let payload = b"root".to_vec();
         let kernel = b"kernel image".to_vec();
         let mut m = manifest_for(&payload);
-        let (sha256, size) = copy::hash_stream(&mut &kernel[..]).unwrap();
-        m.boot_files.push(BootFile {
-            name: "Image".into(),
-            size,
-            sha256,
-        });
+        m.boot_files.push(boot_file("Image", &kernel));
         let mut out = Vec::new();
         write(&mut out, &k, &m, &mut &payload[..], &[&kernel[..]]).unwrap();
         let mut opened = open(&out[..], &[k.public()]).unwrap();
@@ -353,10 +407,13 @@ pub(crate) mod tests {
         *out.last_mut().unwrap() ^= 1;
         let mut opened = open(&out[..], &[k.public()]).unwrap();
         opened.copy_payload(&mut Vec::new(), |_| {}).unwrap();
-        assert!(matches!(
-            opened.copy_boot_file(0, &mut Vec::new(), |_| {}),
-            Err(BundleError::PayloadHash { .. })
-        ));
+        let err = opened
+            .copy_boot_file(0, &mut Vec::new(), |_| {})
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "boot file Image hash mismatch in bytes 0..12: the bundle was altered or damaged"
+        );
     }
 
     #[test]
@@ -425,6 +482,24 @@ pub(crate) mod tests {
             install(b"PK\x03\x04 a zip file", &trusted),
             Err(BundleError::NotABundle)
         ));
+    }
+
+    #[test]
+    fn a_manifest_whose_chunk_hashes_do_not_fit_its_sizes_is_refused() {
+        let k = key();
+        let payload = vec![1u8; copy::CHUNK + 1];
+        let mut m = manifest_for(&payload);
+        m.payload.chunk_sha256.pop();
+        let err = install(&bundle(&k, &m, &payload), &[k.public()]).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("payload has 1 chunk hashes for its 2 chunks"),
+            "{err}"
+        );
+        let mut m = manifest_for(&payload);
+        m.payload.chunk_sha256[1] = "zz".into();
+        let err = install(&bundle(&k, &m, &payload), &[k.public()]).unwrap_err();
+        assert!(matches!(err, BundleError::Manifest(_)), "{err}");
     }
 
     #[test]

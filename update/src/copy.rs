@@ -1,28 +1,36 @@
-//! Streaming a bundle section to its destination while it is hashed, and checking what
+//! Streaming a bundle section to its destination while it is checked, and checking what
 //! the destination gives back.
 //!
-//! SHA-256 is the slow part of an install: on a small board (or under emulation) it runs
-//! slower than the storage writes. So the hash runs on a second thread, beside the reads
-//! and writes, over the same chunk buffers; the copy then goes as fast as the slower of
-//! the two instead of their sum. The same pass records a CRC32 of every chunk, so the
-//! read-back after the write compares each chunk against bytes that already passed the
-//! SHA-256 check without hashing the whole slot a second time.
+//! SHA-256 is the slow part of an install: on a small board (or under emulation) one core
+//! hashes slower than the storage writes. So the signed manifest carries the SHA-256 of
+//! every 1 MiB chunk of a section, and the chunks are hashed on several threads at once,
+//! beside the thread that reads them and the one that writes them: the copy goes as fast
+//! as the storage or all cores hashing together, whichever is slower. The same pass
+//! records a CRC32 of every chunk, so the read-back after the write compares each chunk
+//! against bytes that already passed their signed hash without hashing the slot again.
 
+use sha2::{Digest as _, Sha256};
 use std::io::{ErrorKind, Read, Write};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
 
-/// Chunk size of copies and of the read-back check: large enough for full-speed
-/// sequential writes, small enough that a few fit in a Raspberry Pi Zero's memory.
+/// Chunk size of the per-chunk hashes, the copies and the read-back check: large enough
+/// for full-speed sequential writes, small enough that a few fit in a Raspberry Pi Zero's
+/// memory. Fixed by the bundle format.
 pub const CHUNK: usize = 1 << 20;
 
-/// Chunks in flight between the copying thread and the hashing thread.
+/// Chunks waiting in each queue, to the hashing threads and to the writing thread.
 const IN_FLIGHT: usize = 4;
 
-/// What a copy saw: the SHA-256 of every byte and a CRC32 of each `CHUNK`.
+/// The most hashing threads: more cores than this are left to the node's workloads.
+const MAX_HASHERS: usize = 4;
+
+/// A SHA-256 digest.
+pub type Digest = [u8; 32];
+
+/// What a copy saw: a CRC32 of each `CHUNK` it wrote.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Copied {
-    pub sha256: String,
     pub chunk_crcs: Vec<u32>,
 }
 
@@ -31,6 +39,8 @@ pub struct Copied {
 pub enum CopyError {
     #[error("the source ended after {got} of {expected} bytes")]
     Truncated { got: u64, expected: u64 },
+    #[error("chunk {chunk} does not have its signed hash")]
+    Mismatch { chunk: usize },
     #[error("reading: {0}")]
     Read(#[source] std::io::Error),
     #[error("writing: {0}")]
@@ -51,50 +61,89 @@ fn fill(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
     Ok(n)
 }
 
-/// Copies exactly `expected` bytes from `from` to `out`, hashing them on a second thread
-/// and writing them on a third. `progress` hears the bytes read so far. Nothing past
-/// `expected` is read.
+/// How many `CHUNK`s make `size` bytes (the last one may be short).
+pub fn chunk_count(size: u64) -> usize {
+    size.div_ceil(CHUNK as u64) as usize
+}
+
+/// RustCrypto's SHA-256 rather than ring's: on the boards' Cortex-A72 (under emulation too)
+/// ring's hardware-instruction path hashed about 20% slower than this portable code.
+fn sha256(bytes: &[u8]) -> Digest {
+    Sha256::digest(bytes).into()
+}
+
+/// Hashing threads for this machine: one per core, at least one, at most `MAX_HASHERS`.
+fn hashers() -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, MAX_HASHERS)
+}
+
+/// Copies exactly `expected` bytes from `from` to `out` and checks chunk `i` against
+/// `chunk_sha256[i]`. `progress` hears the bytes read so far. Nothing past `expected` is
+/// read. A mismatch stops the copy, but chunks already handed to `out` stay written: the
+/// destination must not be trusted unless this returns `Ok`.
 ///
-/// The writes have a thread of their own so that waiting for the storage never holds up
-/// the reads that keep the hashing thread fed; the hash is the slowest of the three.
-pub fn hashed_copy(
+/// One thread reads, several hash, one writes: waiting for the storage never holds up the
+/// reads that keep the hashing threads fed, and the hash, the slowest part, uses every core.
+pub fn checked_copy(
     from: &mut impl Read,
     out: &mut (impl Write + Send),
     expected: u64,
+    chunk_sha256: &[Digest],
     mut progress: impl FnMut(u64),
 ) -> Result<Copied, CopyError> {
-    let (to_hash, hash_queue) = mpsc::sync_channel::<Arc<Vec<u8>>>(IN_FLIGHT);
+    let chunks = chunk_count(expected);
+    if chunk_sha256.len() != chunks {
+        return Err(CopyError::Read(std::io::Error::other(format!(
+            "{} chunk hashes for {chunks} chunks",
+            chunk_sha256.len()
+        ))));
+    }
+    let hashers = hashers();
+    let (to_hash, hash_queue) = mpsc::sync_channel::<(usize, Arc<Vec<u8>>)>(IN_FLIGHT);
+    let hash_queue = Mutex::new(hash_queue);
     let (to_write, write_queue) = mpsc::sync_channel::<Arc<Vec<u8>>>(IN_FLIGHT);
-    // Both workers hand every buffer back; it is free again once neither holds it.
+    // Every worker hands each buffer back; it is free again once no worker holds it.
     let (give_back, returned) = mpsc::channel::<Arc<Vec<u8>>>();
     let chunk = CHUNK.min(expected.max(1) as usize);
-    // Enough for both queues to be full while the reading thread fills one more.
-    for _ in 0..2 * IN_FLIGHT + 1 {
+    // Enough for both queues to be full, every worker busy, and the reader filling one more.
+    for _ in 0..2 * IN_FLIGHT + hashers + 2 {
         // The receiver is still here: the send cannot fail.
         let _ = give_back.send(Arc::new(vec![0u8; chunk]));
     }
-    let write_failed = AtomicBool::new(false);
+    // Set by a worker that failed, so the reader stops instead of reading on.
+    let stop = AtomicBool::new(false);
+    let first_mismatch = AtomicUsize::new(usize::MAX);
     std::thread::scope(|s| {
-        let hash_give_back = give_back.clone();
-        let hasher = s.spawn(move || {
-            let mut sha = ring::digest::Context::new(&ring::digest::SHA256);
-            for buf in hash_queue {
-                sha.update(&buf);
+        let (stop, first_mismatch, hash_queue) = (&stop, &first_mismatch, &hash_queue);
+        let mut hashing = Vec::with_capacity(hashers);
+        for _ in 0..hashers {
+            let give_back = give_back.clone();
+            hashing.push(s.spawn(move || loop {
+                // A poisoned lock only means another hashing thread panicked: stop too.
+                let next = match hash_queue.lock() {
+                    Ok(queue) => queue.recv(),
+                    Err(_) => break,
+                };
+                let Ok((index, buf)) = next else { break };
+                if chunk_sha256.get(index) != Some(&sha256(&buf)) {
+                    first_mismatch.fetch_min(index, Ordering::Relaxed);
+                    stop.store(true, Ordering::Relaxed);
+                }
                 // The reading thread may have stopped early; the buffer is then not needed.
-                let _ = hash_give_back.send(buf);
-            }
-            hex::encode(sha.finish())
-        });
-        let write_failed = &write_failed;
+                let _ = give_back.send(buf);
+            }));
+        }
         let writer = s.spawn(move || -> std::io::Result<()> {
             let mut result = Ok(());
             // After a failure the queue is still drained, so every buffer goes back and the
-            // reading thread, told by the flag, never waits for one that is held here.
+            // reading thread, told to stop, never waits for one that is held here.
             for buf in write_queue {
                 if result.is_ok() {
                     result = out.write_all(&buf);
                     if result.is_err() {
-                        write_failed.store(true, Ordering::Relaxed);
+                        stop.store(true, Ordering::Relaxed);
                     }
                 }
                 let _ = give_back.send(buf);
@@ -104,16 +153,21 @@ pub fn hashed_copy(
         });
         let mut done = 0u64;
         // The CRCs are taken here: this thread waits on neither the hash nor the storage.
-        let mut chunk_crcs = Vec::new();
-        let stopped =
-            |who: &str| CopyError::Read(std::io::Error::other(format!("the {who} thread stopped")));
+        let mut chunk_crcs = Vec::with_capacity(chunks);
+        let stopped = || CopyError::Read(std::io::Error::other("a copying thread stopped"));
         let read = (|| {
-            while done < expected && !write_failed.load(Ordering::Relaxed) {
-                let mut buf = returned.recv().map_err(|_| stopped("hashing"))?;
-                // A buffer comes back once from each worker: the second return is the one
-                // that leaves it unshared.
+            for index in 0..chunks {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let mut buf = returned.recv().map_err(|_| stopped())?;
+                // A buffer comes back once from each worker that had it: the return that
+                // leaves it unshared is the one that frees it.
+                while Arc::get_mut(&mut buf).is_none() {
+                    buf = returned.recv().map_err(|_| stopped())?;
+                }
                 let Some(bytes) = Arc::get_mut(&mut buf) else {
-                    continue;
+                    return Err(stopped());
                 };
                 let want = (expected - done).min(chunk as u64) as usize;
                 bytes.resize(want, 0);
@@ -125,8 +179,8 @@ pub fn hashed_copy(
                     });
                 }
                 chunk_crcs.push(crc32fast::hash(&buf));
-                to_hash.send(buf.clone()).map_err(|_| stopped("hashing"))?;
-                to_write.send(buf).map_err(|_| stopped("writing"))?;
+                to_hash.send((index, buf.clone())).map_err(|_| stopped())?;
+                to_write.send(buf).map_err(|_| stopped())?;
                 done += want as u64;
                 progress(done);
             }
@@ -137,13 +191,18 @@ pub fn hashed_copy(
         let written = writer
             .join()
             .map_err(|_| CopyError::Write(std::io::Error::other("the writing thread panicked")))?;
-        let sha256 = hasher
-            .join()
-            .map_err(|_| CopyError::Read(std::io::Error::other("the hashing thread panicked")))?;
-        // The writer's failure explains anything the reading thread saw after it.
+        // The hashing threads end with their queue; every chunk is checked once they have.
+        for h in hashing {
+            h.join()
+                .map_err(|_| CopyError::Read(std::io::Error::other("a hashing thread panicked")))?;
+        }
+        // A write failure explains anything the reading thread saw after it, and a bad
+        // chunk explains a stop.
         written.map_err(CopyError::Write)?;
-        read?;
-        Ok(Copied { sha256, chunk_crcs })
+        match first_mismatch.load(Ordering::Relaxed) {
+            usize::MAX => read.map(|()| Copied { chunk_crcs }),
+            chunk => Err(CopyError::Mismatch { chunk }),
+        }
     })
 }
 
@@ -169,9 +228,40 @@ pub fn matches_chunks(
     Ok(done == total)
 }
 
+/// What a bundle's manifest says about a section: its size, its SHA-256 and the SHA-256
+/// of each `CHUNK`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SectionDigests {
+    pub size: u64,
+    pub sha256: String,
+    pub chunk_sha256: Vec<String>,
+}
+
+/// The digests of everything a reader yields, for the manifest of a new bundle.
+pub fn section_digests(r: &mut impl Read) -> std::io::Result<SectionDigests> {
+    let mut sha = Sha256::new();
+    let mut buf = vec![0u8; CHUNK];
+    let mut size = 0u64;
+    let mut chunk_sha256 = Vec::new();
+    loop {
+        let n = fill(r, &mut buf)?;
+        if n == 0 {
+            break;
+        }
+        sha.update(&buf[..n]);
+        chunk_sha256.push(hex::encode(sha256(&buf[..n])));
+        size += n as u64;
+    }
+    Ok(SectionDigests {
+        size,
+        sha256: hex::encode(sha.finalize()),
+        chunk_sha256,
+    })
+}
+
 /// SHA-256 and length of everything a reader yields.
 pub fn hash_stream(r: &mut impl Read) -> std::io::Result<(String, u64)> {
-    let mut sha = ring::digest::Context::new(&ring::digest::SHA256);
+    let mut sha = Sha256::new();
     let mut buf = vec![0u8; CHUNK];
     let mut total = 0u64;
     loop {
@@ -182,7 +272,14 @@ pub fn hash_stream(r: &mut impl Read) -> std::io::Result<(String, u64)> {
         sha.update(&buf[..n]);
         total += n as u64;
     }
-    Ok((hex::encode(sha.finish()), total))
+    Ok((hex::encode(sha.finalize()), total))
+}
+
+/// A digest from the 64 hex digits a manifest carries.
+pub fn digest_from_hex(text: &str) -> Option<Digest> {
+    let mut d = [0u8; 32];
+    hex::decode_to_slice(text, &mut d).ok()?;
+    Some(d)
 }
 
 #[cfg(test)]
@@ -205,8 +302,17 @@ mod tests {
         (0..len).map(|i| (i * 31 % 251) as u8).collect()
     }
 
+    fn chunk_digests(bytes: &[u8]) -> Vec<Digest> {
+        section_digests(&mut &bytes[..])
+            .unwrap()
+            .chunk_sha256
+            .iter()
+            .map(|h| digest_from_hex(h).unwrap())
+            .collect()
+    }
+
     #[test]
-    fn copies_exactly_and_hashes_what_it_copied() {
+    fn copies_exactly_what_its_chunk_hashes_sign() {
         let src = data(3 * CHUNK + 12345);
         let expected = src.len() as u64;
         let mut with_tail = src.clone();
@@ -214,14 +320,10 @@ mod tests {
         let mut from = Trickle(&with_tail);
         let mut out = Vec::new();
         let mut seen = Vec::new();
-        let c = hashed_copy(&mut from, &mut out, expected, |d| seen.push(d)).unwrap();
+        let digests = chunk_digests(&src);
+        let c = checked_copy(&mut from, &mut out, expected, &digests, |d| seen.push(d)).unwrap();
         assert_eq!(out, src);
         assert_eq!(from.0, b"next section", "read past the section");
-        assert_eq!(c.sha256, hash_stream(&mut &src[..]).unwrap().0);
-        assert_eq!(
-            c.sha256,
-            hex::encode(ring::digest::digest(&ring::digest::SHA256, &src))
-        );
         assert_eq!(c.chunk_crcs.len(), 4);
         assert_eq!(c.chunk_crcs[3], crc32fast::hash(&src[3 * CHUNK..]));
         assert_eq!(seen.last(), Some(&expected));
@@ -229,10 +331,72 @@ mod tests {
     }
 
     #[test]
+    fn section_digests_cover_the_whole_and_each_chunk() {
+        let src = data(2 * CHUNK + 1);
+        let d = section_digests(&mut &src[..]).unwrap();
+        assert_eq!(d.size, src.len() as u64);
+        assert_eq!(d.sha256, hash_stream(&mut &src[..]).unwrap().0);
+        assert_eq!(d.chunk_sha256.len(), 3);
+        assert_eq!(d.chunk_sha256[2], hex::encode(sha256(&src[2 * CHUNK..])));
+        let empty = section_digests(&mut &b""[..]).unwrap();
+        assert_eq!(
+            (empty.size, empty.chunk_sha256.len(), empty.sha256.as_str()),
+            (
+                0,
+                0,
+                "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+            )
+        );
+    }
+
+    #[test]
+    fn a_changed_byte_anywhere_is_a_mismatch_of_its_chunk() {
+        let src = data(5 * CHUNK + 99);
+        let digests = chunk_digests(&src);
+        for (at, chunk) in [(7, 0), (3 * CHUNK + 1, 3), (5 * CHUNK + 98, 5)] {
+            let mut bad = src.clone();
+            bad[at] ^= 0x40;
+            let err = checked_copy(
+                &mut &bad[..],
+                &mut Vec::new(),
+                bad.len() as u64,
+                &digests,
+                |_| {},
+            )
+            .unwrap_err();
+            assert!(
+                matches!(err, CopyError::Mismatch { chunk: c } if c == chunk),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_wrong_number_of_chunk_hashes_is_refused() {
+        let src = data(CHUNK + 1);
+        let digests = chunk_digests(&src[..CHUNK]);
+        assert!(checked_copy(
+            &mut &src[..],
+            &mut Vec::new(),
+            src.len() as u64,
+            &digests,
+            |_| {}
+        )
+        .is_err());
+    }
+
+    #[test]
     fn a_short_source_is_truncation_not_success() {
         let src = data(CHUNK + 10);
-        let err =
-            hashed_copy(&mut &src[..], &mut Vec::new(), 2 * CHUNK as u64, |_| {}).unwrap_err();
+        let digests = chunk_digests(&data(2 * CHUNK));
+        let err = checked_copy(
+            &mut &src[..],
+            &mut Vec::new(),
+            2 * CHUNK as u64,
+            &digests,
+            |_| {},
+        )
+        .unwrap_err();
         assert!(
             matches!(err, CopyError::Truncated { got, .. } if got == src.len() as u64),
             "{err}"
@@ -250,18 +414,18 @@ mod tests {
                 Ok(())
             }
         }
-        let src = data(3 * CHUNK);
-        let err = hashed_copy(&mut &src[..], &mut Full, src.len() as u64, |_| {}).unwrap_err();
+        let src = data(30 * CHUNK);
+        let digests = chunk_digests(&src);
+        let mut from = &src[..];
+        let err =
+            checked_copy(&mut from, &mut Full, src.len() as u64, &digests, |_| {}).unwrap_err();
         assert!(matches!(err, CopyError::Write(_)), "{err}");
+        assert!(!from.is_empty(), "read on after the destination failed");
     }
 
     #[test]
-    fn an_empty_section_hashes_to_the_empty_digest() {
-        let c = hashed_copy(&mut &b""[..], &mut Vec::new(), 0, |_| {}).unwrap();
-        assert_eq!(
-            c.sha256,
-            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
-        );
+    fn an_empty_section_copies_nothing() {
+        let c = checked_copy(&mut &b""[..], &mut Vec::new(), 0, &[], |_| {}).unwrap();
         assert!(c.chunk_crcs.is_empty());
     }
 
@@ -270,7 +434,7 @@ mod tests {
         let src = data(2 * CHUNK + 7);
         let total = src.len() as u64;
         let mut out = Vec::new();
-        let c = hashed_copy(&mut &src[..], &mut out, total, |_| {}).unwrap();
+        let c = checked_copy(&mut &src[..], &mut out, total, &chunk_digests(&src), |_| {}).unwrap();
         for at in [0, CHUNK + 3, 2 * CHUNK + 6] {
             let mut bad = out.clone();
             bad[at] ^= 1;

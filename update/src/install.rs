@@ -270,8 +270,7 @@ fn clear_slot_dir(dir: &Path) -> std::io::Result<()> {
 mod tests {
     use super::*;
     use crate::bootctl::{SlotState, UbootEnv};
-    use crate::bundle::tests::{bundle, key, manifest_for};
-    use crate::bundle::BootFile;
+    use crate::bundle::tests::{boot_file, bundle, key, manifest_for};
 
     struct Device {
         dir: tempfile::TempDir,
@@ -312,12 +311,7 @@ mod tests {
     fn with_kernel(payload: &[u8], kernel: &[u8]) -> (PublicKey, Vec<u8>) {
         let k = key();
         let mut m = manifest_for(payload);
-        let (sha256, size) = copy::hash_stream(&mut &kernel[..]).unwrap();
-        m.boot_files.push(BootFile {
-            name: "Image".into(),
-            size,
-            sha256,
-        });
+        m.boot_files.push(boot_file("Image", kernel));
         let mut out = Vec::new();
         bundle::write(&mut out, &k, &m, &mut &payload[..], &[kernel]).unwrap();
         (k.public(), out)
