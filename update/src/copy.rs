@@ -65,11 +65,12 @@ pub fn chunk_count(size: u64) -> usize {
     size.div_ceil(CHUNK as u64) as usize
 }
 
-/// The SHA-256 of one chunk, by whichever implementation hashes fastest on the boards.
+/// The SHA-256 of `bytes` (a chunk, a key), by whichever implementation hashes fastest on
+/// the boards.
 /// Measured on the QEMU boards: on the Cortex-A72 RustCrypto's portable code beats ring's
 /// (which takes the ARMv8 SHA instructions) by about 20%; on x86_64 ring's assembly beats
 /// RustCrypto's by about 30%.
-fn sha256(bytes: &[u8]) -> Digest {
+pub fn sha256(bytes: &[u8]) -> Digest {
     #[cfg(target_arch = "aarch64")]
     {
         use sha2::Digest as _;
@@ -248,21 +249,29 @@ pub struct SectionDigests {
     pub chunk_sha256: Vec<String>,
 }
 
-/// The digests of everything a reader yields, for the manifest of a new bundle.
-pub fn section_digests(r: &mut impl Read) -> std::io::Result<SectionDigests> {
-    let mut sha = ring::digest::Context::new(&ring::digest::SHA256);
+/// Hands `f` everything a reader yields, a `CHUNK` at a time (the last one short); returns
+/// the bytes read.
+fn each_chunk(r: &mut impl Read, mut f: impl FnMut(&[u8])) -> std::io::Result<u64> {
     let mut buf = vec![0u8; CHUNK];
     let mut size = 0u64;
-    let mut chunk_sha256 = Vec::new();
     loop {
         let n = fill(r, &mut buf)?;
         if n == 0 {
-            break;
+            return Ok(size);
         }
-        sha.update(&buf[..n]);
-        chunk_sha256.push(hex::encode(sha256(&buf[..n])));
+        f(&buf[..n]);
         size += n as u64;
     }
+}
+
+/// The digests of everything a reader yields, for the manifest of a new bundle.
+pub fn section_digests(r: &mut impl Read) -> std::io::Result<SectionDigests> {
+    let mut sha = ring::digest::Context::new(&ring::digest::SHA256);
+    let mut chunk_sha256 = Vec::new();
+    let size = each_chunk(r, |chunk| {
+        sha.update(chunk);
+        chunk_sha256.push(hex::encode(sha256(chunk)));
+    })?;
     Ok(SectionDigests {
         size,
         sha256: hex::encode(sha.finish()),
@@ -273,17 +282,8 @@ pub fn section_digests(r: &mut impl Read) -> std::io::Result<SectionDigests> {
 /// SHA-256 and length of everything a reader yields.
 pub fn hash_stream(r: &mut impl Read) -> std::io::Result<(String, u64)> {
     let mut sha = ring::digest::Context::new(&ring::digest::SHA256);
-    let mut buf = vec![0u8; CHUNK];
-    let mut total = 0u64;
-    loop {
-        let n = fill(r, &mut buf)?;
-        if n == 0 {
-            break;
-        }
-        sha.update(&buf[..n]);
-        total += n as u64;
-    }
-    Ok((hex::encode(sha.finish()), total))
+    let size = each_chunk(r, |chunk| sha.update(chunk))?;
+    Ok((hex::encode(sha.finish()), size))
 }
 
 /// A digest from the 64 hex digits a manifest carries.

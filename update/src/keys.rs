@@ -43,9 +43,7 @@ pub struct PublicKey {
 
 impl PublicKey {
     pub fn id(&self) -> [u8; 32] {
-        let mut id = [0u8; 32];
-        id.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, &self.bytes).as_ref());
-        id
+        crate::copy::sha256(&self.bytes)
     }
 
     pub fn to_pem(&self) -> String {
