@@ -22,16 +22,10 @@ pub struct Contents<'a> {
 pub fn write(out: &Path, key: &SigningKey, c: &Contents<'_>) -> Result<Manifest> {
     let mut root = std::fs::File::open(c.squashfs)
         .with_context(|| format!("opening {}", c.squashfs.display()))?;
-    let root = section_digests(&mut root)?;
+    let payload = Payload::squashfs(section_digests(&mut root)?);
     let mut boot_files = Vec::new();
     for (name, bytes) in c.boot_files {
-        let d = section_digests(&mut &bytes[..])?;
-        boot_files.push(BootFile {
-            name: name.to_string(),
-            size: d.size,
-            sha256: d.sha256,
-            chunk_sha256: d.chunk_sha256,
-        });
+        boot_files.push(BootFile::new(name, section_digests(&mut &bytes[..])?));
     }
     let manifest = Manifest {
         format: bundle::FORMAT_VERSION,
@@ -40,12 +34,7 @@ pub fn write(out: &Path, key: &SigningKey, c: &Contents<'_>) -> Result<Manifest>
         version: c.version.to_string(),
         min_version: c.min_version.to_string(),
         created: c.created,
-        payload: Payload {
-            kind: "squashfs".into(),
-            size: root.size,
-            sha256: root.sha256,
-            chunk_sha256: root.chunk_sha256,
-        },
+        payload,
         boot_files,
     };
     let tmp = out.with_extension("cairnb.tmp");

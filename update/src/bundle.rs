@@ -4,7 +4,7 @@
 //! 0    8   magic "CAIRNBDL"
 //! 8    2   format version, u16 LE (2)
 //! 10   2   flags, u16 LE (0)
-//! 12   4   manifest length M, u32 LE (1..=65536)
+//! 12   4   manifest length M, u32 LE (1..=1048576)
 //! 16   32  key id: SHA-256 of the signer's ed25519 public key
 //! 48   64  ed25519 signature over bytes 0..48 followed by the manifest
 //! 112  M   manifest, UTF-8 JSON
@@ -12,7 +12,7 @@
 //! ...      each boot file of manifest.boot_files, in order, exactly its size; then end of file
 //! ```
 
-use crate::copy::{self, Copied, CopyError, Digest};
+use crate::copy::{self, Copied, CopyError, Digest, SectionDigests};
 use crate::keys::{self, PublicKey, SigningKey};
 use serde::{Deserialize, Serialize};
 use std::io::{Read, Write};
@@ -50,6 +50,17 @@ pub struct Payload {
     pub chunk_sha256: Vec<String>,
 }
 
+impl Payload {
+    pub fn squashfs(d: SectionDigests) -> Payload {
+        Payload {
+            kind: "squashfs".into(),
+            size: d.size,
+            sha256: d.sha256,
+            chunk_sha256: d.chunk_sha256,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BootFile {
     pub name: String,
@@ -57,6 +68,17 @@ pub struct BootFile {
     pub sha256: String,
     /// SHA-256 of each `copy::CHUNK` of the file, the last one short.
     pub chunk_sha256: Vec<String>,
+}
+
+impl BootFile {
+    pub fn new(name: &str, d: SectionDigests) -> BootFile {
+        BootFile {
+            name: name.to_string(),
+            size: d.size,
+            sha256: d.sha256,
+            chunk_sha256: d.chunk_sha256,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -165,8 +187,44 @@ pub struct Opened<R> {
     pub manifest: Manifest,
     pub key: PublicKey,
     stream: R,
-    /// Chunk digests of the payload, then of each boot file.
-    chunk_sha256: Vec<Vec<Digest>>,
+    /// The payload, then each boot file, as the stream carries them.
+    sections: Vec<Section>,
+}
+
+/// A section of the stream as its checks need it.
+struct Section {
+    /// How errors name it: "payload", "boot file vmlinuz".
+    name: String,
+    size: u64,
+    chunk_sha256: Vec<Digest>,
+}
+
+impl Section {
+    /// Takes a section's chunk hashes as digests, once they are known to be one per chunk.
+    fn new(name: String, size: u64, hex: &[String]) -> Result<Section, BundleError> {
+        if hex.len() != copy::chunk_count(size) {
+            return Err(BundleError::Manifest(format!(
+                "{name} has {} chunk hashes for its {} chunks",
+                hex.len(),
+                copy::chunk_count(size)
+            )));
+        }
+        let chunk_sha256 = hex
+            .iter()
+            .map(|h| {
+                copy::digest_from_hex(h).ok_or_else(|| {
+                    BundleError::Manifest(format!(
+                        "{name} has a chunk hash that is not SHA-256 hex"
+                    ))
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Section {
+            name,
+            size,
+            chunk_sha256,
+        })
+    }
 }
 
 fn read_exact_or(r: &mut impl Read, buf: &mut [u8], what: &'static str) -> Result<(), BundleError> {
@@ -220,41 +278,22 @@ pub fn open<R: Read>(mut stream: R, trusted: &[PublicKey]) -> Result<Opened<R>, 
             manifest.payload.kind
         )));
     }
-    let mut chunk_sha256 = vec![chunk_digests(
-        "payload",
-        manifest.payload.size,
-        &manifest.payload.chunk_sha256,
+    let payload = &manifest.payload;
+    let mut sections = vec![Section::new(
+        "payload".into(),
+        payload.size,
+        &payload.chunk_sha256,
     )?];
     for f in &manifest.boot_files {
-        let section = format!("boot file {}", f.name);
-        chunk_sha256.push(chunk_digests(&section, f.size, &f.chunk_sha256)?);
+        let name = format!("boot file {}", f.name);
+        sections.push(Section::new(name, f.size, &f.chunk_sha256)?);
     }
     Ok(Opened {
         manifest,
         key,
         stream,
-        chunk_sha256,
+        sections,
     })
-}
-
-/// A section's chunk hashes as digests, once they are known to be one per chunk.
-fn chunk_digests(section: &str, size: u64, hex: &[String]) -> Result<Vec<Digest>, BundleError> {
-    if hex.len() != copy::chunk_count(size) {
-        return Err(BundleError::Manifest(format!(
-            "{section} has {} chunk hashes for its {} chunks",
-            hex.len(),
-            copy::chunk_count(size)
-        )));
-    }
-    hex.iter()
-        .map(|h| {
-            copy::digest_from_hex(h).ok_or_else(|| {
-                BundleError::Manifest(format!(
-                    "{section} has a chunk hash that is not SHA-256 hex"
-                ))
-            })
-        })
-        .collect()
 }
 
 impl<R: Read> Opened<R> {
@@ -266,8 +305,7 @@ impl<R: Read> Opened<R> {
         out: &mut (impl Write + Send),
         progress: impl FnMut(u64),
     ) -> Result<Copied, BundleError> {
-        let size = self.manifest.payload.size;
-        self.copy_section(0, "payload", out, size, progress)
+        self.copy_section(0, out, progress)
     }
 
     /// Streams boot file `index` (manifest order, after the payload) into `out` and checks it.
@@ -277,20 +315,10 @@ impl<R: Read> Opened<R> {
         out: &mut (impl Write + Send),
         progress: impl FnMut(u64),
     ) -> Result<(), BundleError> {
-        let f = self
-            .manifest
-            .boot_files
-            .get(index)
-            .cloned()
-            .ok_or_else(|| BundleError::Manifest(format!("no boot file {index}")))?;
-        self.copy_section(
-            index + 1,
-            &format!("boot file {}", f.name),
-            out,
-            f.size,
-            progress,
-        )
-        .map(drop)
+        if index >= self.manifest.boot_files.len() {
+            return Err(BundleError::Manifest(format!("no boot file {index}")));
+        }
+        self.copy_section(index + 1, out, progress).map(drop)
     }
 
     /// Checks that nothing follows the last section.
@@ -310,30 +338,32 @@ impl<R: Read> Opened<R> {
         }
     }
 
+    /// Copies section `index` of `sections` (which has one per manifest entry).
     fn copy_section(
         &mut self,
         index: usize,
-        name: &str,
         out: &mut (impl Write + Send),
-        size: u64,
         progress: impl FnMut(u64),
     ) -> Result<Copied, BundleError> {
-        let digests = self.chunk_sha256.get(index).map_or(&[][..], |d| &d[..]);
-        copy::checked_copy(&mut self.stream, out, size, digests, progress).map_err(|e| match e {
-            CopyError::Truncated { got, expected } => {
-                BundleError::PayloadTruncated { got, expected }
-            }
-            CopyError::Mismatch { chunk } => {
-                let start = chunk as u64 * copy::CHUNK as u64;
-                BundleError::PayloadHash {
-                    section: name.to_string(),
-                    start,
-                    end: size.min(start + copy::CHUNK as u64),
+        let section = &self.sections[index];
+        let size = section.size;
+        copy::checked_copy(&mut self.stream, out, size, &section.chunk_sha256, progress).map_err(
+            |e| match e {
+                CopyError::Truncated { got, expected } => {
+                    BundleError::PayloadTruncated { got, expected }
                 }
-            }
-            CopyError::Read(e) => BundleError::Io(e),
-            CopyError::Write(e) => BundleError::Write(e),
-        })
+                CopyError::Mismatch { chunk } => {
+                    let start = chunk as u64 * copy::CHUNK as u64;
+                    BundleError::PayloadHash {
+                        section: section.name.clone(),
+                        start,
+                        end: size.min(start + copy::CHUNK as u64),
+                    }
+                }
+                CopyError::Read(e) => BundleError::Io(e),
+                CopyError::Write(e) => BundleError::Write(e),
+            },
+        )
     }
 }
 
@@ -347,7 +377,6 @@ pub(crate) mod tests {
     }
 
     pub fn manifest_for(payload: &[u8]) -> Manifest {
-        let d = copy::section_digests(&mut &payload[..]).unwrap();
         Manifest {
             format: FORMAT_VERSION,
             board: "qemu-aarch64".into(),
@@ -355,24 +384,13 @@ pub(crate) mod tests {
             version: "0.2.0".into(),
             min_version: "0.2.0".into(),
             created: 0,
-            payload: Payload {
-                kind: "squashfs".into(),
-                size: d.size,
-                sha256: d.sha256,
-                chunk_sha256: d.chunk_sha256,
-            },
+            payload: Payload::squashfs(copy::section_digests(&mut &payload[..]).unwrap()),
             boot_files: vec![],
         }
     }
 
     pub fn boot_file(name: &str, bytes: &[u8]) -> BootFile {
-        let d = copy::section_digests(&mut &bytes[..]).unwrap();
-        BootFile {
-            name: name.into(),
-            size: d.size,
-            sha256: d.sha256,
-            chunk_sha256: d.chunk_sha256,
-        }
+        BootFile::new(name, copy::section_digests(&mut &bytes[..]).unwrap())
     }
 
     pub fn bundle(key: &SigningKey, m: &Manifest, payload: &[u8]) -> Vec<u8> {
