@@ -7,6 +7,7 @@ use serde::Deserialize;
 use std::io::{BufRead, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -219,6 +220,8 @@ pub struct Vm {
     child: Child,
     stdin: ChildStdin,
     serial: Arc<Mutex<String>>,
+    /// Set once QEMU's output has ended and every byte of it is in `serial`.
+    serial_ended: Arc<AtomicBool>,
     cursor: usize,
     monitor: PathBuf,
     pub api_port: u16,
@@ -272,6 +275,8 @@ impl Vm {
         let mut stdout = child.stdout.take().context("no stdout")?;
         let serial = Arc::new(Mutex::new(String::new()));
         let sink = serial.clone();
+        let serial_ended = Arc::new(AtomicBool::new(false));
+        let ended = serial_ended.clone();
         let mut log = std::fs::File::create(&log_path)?;
         std::thread::spawn(move || {
             let mut buf = [0u8; 4096];
@@ -284,11 +289,13 @@ impl Vm {
                     s.push_str(&String::from_utf8_lossy(&buf[..n]).replace('\r', ""));
                 }
             }
+            ended.store(true, Ordering::Release);
         });
         Ok(Vm {
             child,
             stdin,
             serial,
+            serial_ended,
             cursor: 0,
             monitor,
             api_port,
@@ -309,20 +316,24 @@ impl Vm {
     pub fn wait_for(&mut self, pattern: &str, timeout: Duration) -> Result<String> {
         let start = Instant::now();
         loop {
-            // Checked before the serial text is read: once QEMU has gone, that text is final
-            // and an unterminated last line is as complete as it will get.
-            let exited = self.child.try_wait().ok().flatten();
+            // Checked before the serial text is read: once QEMU's output has ended the text
+            // is final, and an unterminated last line is as complete as it will get.
+            let ended = self.serial_ended.load(Ordering::Acquire);
             let text = self.serial();
             if let Some(pos) = text[self.cursor.min(text.len())..].find(pattern) {
                 let at = self.cursor + pos;
                 let end = text[at..].find('\n').map(|p| at + p);
-                if let Some(end) = end.or(exited.map(|_| text.len())) {
+                if let Some(end) = end.or(ended.then_some(text.len())) {
                     let line_start = text[..at].rfind('\n').map_or(0, |p| p + 1);
                     self.cursor = at + pattern.len();
-                    return Ok(text[line_start..end].trim_end_matches('\r').to_string());
+                    return Ok(text[line_start..end].to_string());
                 }
             }
-            if let Some(status) = exited {
+            if ended {
+                let status = match self.child.wait() {
+                    Ok(status) => status.to_string(),
+                    Err(e) => e.to_string(),
+                };
                 bail!(
                     "QEMU exited ({status}) before {pattern:?} appeared; serial tail:\n{}",
                     tail(&text[self.cursor.min(text.len())..])

@@ -8,6 +8,7 @@
 //! there is, for telling how much of the margin comes from that alone.
 
 use anyhow::{bail, Context, Result};
+use cairn_update::install::SLOT_DIR_MARKER;
 use qemu_tests::{parse_ready, BoardImage, Disk, Vm, BOOT_TIMEOUT};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -129,8 +130,10 @@ pub fn run(boards: &str, bundles: &Path, out: &str) -> Result<()> {
             eprintln!("cairn-qemu: {name}: round {round}/{ROUNDS}: raw write, then install");
             // The slot's directory emptied as the installer empties it, outside the timing.
             vm.sh(
-                "mount -o remount,rw /boot && for f in /boot/b/*; do \
-                 [ \"${f##*/}\" = README.txt ] || rm -f \"$f\"; done && sync",
+                &format!(
+                    "mount -o remount,rw /boot && for f in /boot/b/*; do \
+                     [ \"${{f##*/}}\" = {SLOT_DIR_MARKER} ] || rm -f \"$f\"; done && sync"
+                ),
                 SH,
             )?;
             let (root, _) = timed(
