@@ -39,9 +39,11 @@ fn boots_to_ready_with_read_only_root(board: &str) {
     assert_eq!(code, 0, "/etc is a writable overlay");
     // The data partition was grown to the 2 GiB disk on first boot.
     let (_, df) = vm.sh("df -m /var | tail -1", SH).expect("sh");
+    // Service logs share the console: the df line is the one that ends in /var.
     let size_mb: u64 = df
-        .split_whitespace()
-        .nth(1)
+        .lines()
+        .find(|l| l.split_whitespace().last() == Some("/var"))
+        .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
     assert!(size_mb > 1000, "data filesystem should fill the disk: {df}");
