@@ -189,6 +189,7 @@ pub struct Opened<R> {
     stream: R,
     /// The payload, then each boot file, as the stream carries them.
     sections: Vec<Section>,
+    copier: copy::Copier,
 }
 
 /// A section of the stream as its checks need it.
@@ -293,6 +294,7 @@ pub fn open<R: Read>(mut stream: R, trusted: &[PublicKey]) -> Result<Opened<R>, 
         key,
         stream,
         sections,
+        copier: copy::Copier::default(),
     })
 }
 
@@ -347,8 +349,9 @@ impl<R: Read> Opened<R> {
     ) -> Result<Copied, BundleError> {
         let section = &self.sections[index];
         let size = section.size;
-        copy::checked_copy(&mut self.stream, out, size, &section.chunk_sha256, progress).map_err(
-            |e| match e {
+        self.copier
+            .copy(&mut self.stream, out, size, &section.chunk_sha256, progress)
+            .map_err(|e| match e {
                 CopyError::Truncated { got, expected } => {
                     BundleError::PayloadTruncated { got, expected }
                 }
@@ -362,8 +365,7 @@ impl<R: Read> Opened<R> {
                 }
                 CopyError::Read(e) => BundleError::Io(e),
                 CopyError::Write(e) => BundleError::Write(e),
-            },
-        )
+            })
     }
 }
 

@@ -91,131 +91,157 @@ fn hashers() -> usize {
         .clamp(1, MAX_HASHERS)
 }
 
-/// Copies exactly `expected` bytes from `from` to `out` and checks chunk `i` against
-/// `chunk_sha256[i]`. `progress` hears the bytes read so far. Nothing past `expected` is
-/// read. A mismatch stops the copy, but chunks already handed to `out` stay written: the
-/// destination must not be trusted unless this returns `Ok`.
+/// Copies sections of a stream while checking them (`copy`), keeping its chunk buffers
+/// from one section to the next.
 ///
-/// One thread reads, several hash, one writes: waiting for the storage never holds up the
-/// reads that keep the hashing threads fed, and the hash, the slowest part, uses every core.
-pub fn checked_copy(
-    from: &mut impl Read,
-    out: &mut (impl Write + Send),
-    expected: u64,
-    chunk_sha256: &[Digest],
-    mut progress: impl FnMut(u64),
-) -> Result<Copied, CopyError> {
-    let chunks = chunk_count(expected);
-    if chunk_sha256.len() != chunks {
-        return Err(CopyError::Read(std::io::Error::other(format!(
-            "{} chunk hashes for {chunks} chunks",
-            chunk_sha256.len()
-        ))));
-    }
-    let hashers = hashers();
-    let (to_hash, hash_queue) = mpsc::sync_channel::<(usize, Arc<Vec<u8>>)>(IN_FLIGHT);
-    let hash_queue = Mutex::new(hash_queue);
-    let (to_write, write_queue) = mpsc::sync_channel::<Arc<Vec<u8>>>(IN_FLIGHT);
-    // Every worker hands each buffer back; it is free again once no worker holds it.
-    let (give_back, returned) = mpsc::channel::<Arc<Vec<u8>>>();
-    let chunk = CHUNK.min(expected.max(1) as usize);
-    // Enough for both queues to be full, every worker busy, and the reader filling one more.
-    for _ in 0..2 * IN_FLIGHT + hashers + 2 {
-        // The receiver is still here: the send cannot fail.
-        let _ = give_back.send(Arc::new(vec![0u8; chunk]));
-    }
-    // Set by a worker that failed, so the reader stops instead of reading on.
-    let stop = AtomicBool::new(false);
-    let first_mismatch = AtomicUsize::new(usize::MAX);
-    std::thread::scope(|s| {
-        let (stop, first_mismatch, hash_queue) = (&stop, &first_mismatch, &hash_queue);
-        let mut hashing = Vec::with_capacity(hashers);
-        for _ in 0..hashers {
-            let give_back = give_back.clone();
-            hashing.push(s.spawn(move || loop {
-                // A poisoned lock only means another hashing thread panicked: stop too.
-                let next = match hash_queue.lock() {
-                    Ok(queue) => queue.recv(),
-                    Err(_) => break,
-                };
-                let Ok((index, buf)) = next else { break };
-                if chunk_sha256.get(index) != Some(&sha256(&buf)) {
-                    first_mismatch.fetch_min(index, Ordering::Relaxed);
-                    stop.store(true, Ordering::Relaxed);
-                }
-                // The reading thread may have stopped early; the buffer is then not needed.
-                let _ = give_back.send(buf);
-            }));
+/// A fresh buffer costs a page fault for every 4 KiB the first time it is filled: cheap on
+/// a board, but under emulation allocating and faulting in a dozen MiB took about as long
+/// as hashing them, once for each section of a bundle.
+#[derive(Default)]
+pub struct Copier {
+    spare: Vec<Vec<u8>>,
+}
+
+impl Copier {
+    /// Copies exactly `expected` bytes from `from` to `out` and checks chunk `i` against
+    /// `chunk_sha256[i]`. `progress` hears the bytes read so far. Nothing past `expected` is
+    /// read. A mismatch stops the copy, but chunks already handed to `out` stay written: the
+    /// destination must not be trusted unless this returns `Ok`.
+    ///
+    /// One thread reads, several hash, one writes: waiting for the storage never holds up the
+    /// reads that keep the hashing threads fed, and the hash, the slowest part, uses every core.
+    pub fn copy(
+        &mut self,
+        from: &mut impl Read,
+        out: &mut (impl Write + Send),
+        expected: u64,
+        chunk_sha256: &[Digest],
+        mut progress: impl FnMut(u64),
+    ) -> Result<Copied, CopyError> {
+        let chunks = chunk_count(expected);
+        if chunk_sha256.len() != chunks {
+            return Err(CopyError::Read(std::io::Error::other(format!(
+                "{} chunk hashes for {chunks} chunks",
+                chunk_sha256.len()
+            ))));
         }
-        let writer = s.spawn(move || -> std::io::Result<()> {
-            let mut result = Ok(());
-            // After a failure the queue is still drained, so every buffer goes back and the
-            // reading thread, told to stop, never waits for one that is held here.
-            for buf in write_queue {
-                if result.is_ok() {
-                    result = out.write_all(&buf);
-                    if result.is_err() {
+        let hashers = hashers();
+        let (to_hash, hash_queue) = mpsc::sync_channel::<(usize, Arc<Vec<u8>>)>(IN_FLIGHT);
+        let hash_queue = Mutex::new(hash_queue);
+        let (to_write, write_queue) = mpsc::sync_channel::<Arc<Vec<u8>>>(IN_FLIGHT);
+        // Every worker hands each buffer back; it is free again once no worker holds it.
+        let (give_back, returned) = mpsc::channel::<Arc<Vec<u8>>>();
+        let chunk = CHUNK.min(expected.max(1) as usize);
+        // Enough for both queues to be full, every worker busy, and the reader filling one
+        // more; a short section needs no more than one per chunk.
+        for _ in 0..(2 * IN_FLIGHT + hashers + 2).min(chunks.max(1)) {
+            let buf = self.spare.pop().unwrap_or_else(|| vec![0u8; chunk]);
+            // The receiver is still here: the send cannot fail.
+            let _ = give_back.send(Arc::new(buf));
+        }
+        // Set by a worker that failed, so the reader stops instead of reading on.
+        let stop = AtomicBool::new(false);
+        let first_mismatch = AtomicUsize::new(usize::MAX);
+        let result = std::thread::scope(|s| {
+            let (stop, first_mismatch, hash_queue, returned) =
+                (&stop, &first_mismatch, &hash_queue, &returned);
+            let mut hashing = Vec::with_capacity(hashers);
+            for _ in 0..hashers {
+                let give_back = give_back.clone();
+                hashing.push(s.spawn(move || loop {
+                    // A poisoned lock only means another hashing thread panicked: stop too.
+                    let next = match hash_queue.lock() {
+                        Ok(queue) => queue.recv(),
+                        Err(_) => break,
+                    };
+                    let Ok((index, buf)) = next else { break };
+                    if chunk_sha256.get(index) != Some(&sha256(&buf)) {
+                        first_mismatch.fetch_min(index, Ordering::Relaxed);
                         stop.store(true, Ordering::Relaxed);
                     }
-                }
-                let _ = give_back.send(buf);
+                    // The reading thread may have stopped early; the buffer is then not needed.
+                    let _ = give_back.send(buf);
+                }));
             }
-            // A buffering writer holds the last piece until told.
-            result.and_then(|()| out.flush())
+            let writer = s.spawn(move || -> std::io::Result<()> {
+                let mut result = Ok(());
+                // After a failure the queue is still drained, so every buffer goes back and the
+                // reading thread, told to stop, never waits for one that is held here.
+                for buf in write_queue {
+                    if result.is_ok() {
+                        result = out.write_all(&buf);
+                        if result.is_err() {
+                            stop.store(true, Ordering::Relaxed);
+                        }
+                    }
+                    let _ = give_back.send(buf);
+                }
+                // A buffering writer holds the last piece until told.
+                result.and_then(|()| out.flush())
+            });
+            let mut done = 0u64;
+            // The CRCs are taken here: this thread waits on neither the hash nor the storage.
+            let mut chunk_crcs = Vec::with_capacity(chunks);
+            let stopped = || CopyError::Read(std::io::Error::other("a copying thread stopped"));
+            let read = (|| {
+                for index in 0..chunks {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let mut buf = returned.recv().map_err(|_| stopped())?;
+                    // A buffer comes back once from each worker that had it: the return that
+                    // leaves it unshared is the one that frees it.
+                    while Arc::get_mut(&mut buf).is_none() {
+                        buf = returned.recv().map_err(|_| stopped())?;
+                    }
+                    let Some(bytes) = Arc::get_mut(&mut buf) else {
+                        return Err(stopped());
+                    };
+                    let want = (expected - done).min(chunk as u64) as usize;
+                    bytes.resize(want, 0);
+                    let n = fill(from, bytes).map_err(CopyError::Read)?;
+                    if n < want {
+                        return Err(CopyError::Truncated {
+                            got: done + n as u64,
+                            expected,
+                        });
+                    }
+                    chunk_crcs.push(crc32fast::hash(&buf));
+                    to_hash.send((index, buf.clone())).map_err(|_| stopped())?;
+                    to_write.send(buf).map_err(|_| stopped())?;
+                    done += want as u64;
+                    progress(done);
+                }
+                Ok(())
+            })();
+            drop(to_hash);
+            drop(to_write);
+            let written = writer.join().map_err(|_| {
+                CopyError::Write(std::io::Error::other("the writing thread panicked"))
+            })?;
+            // The hashing threads end with their queue; every chunk is checked once they have.
+            for h in hashing {
+                h.join().map_err(|_| {
+                    CopyError::Read(std::io::Error::other("a hashing thread panicked"))
+                })?;
+            }
+            // A write failure explains anything the reading thread saw after it, and a bad
+            // chunk explains a stop.
+            written.map_err(CopyError::Write)?;
+            match first_mismatch.load(Ordering::Relaxed) {
+                usize::MAX => read.map(|()| Copied { chunk_crcs }),
+                chunk => Err(CopyError::Mismatch { chunk }),
+            }
         });
-        let mut done = 0u64;
-        // The CRCs are taken here: this thread waits on neither the hash nor the storage.
-        let mut chunk_crcs = Vec::with_capacity(chunks);
-        let stopped = || CopyError::Read(std::io::Error::other("a copying thread stopped"));
-        let read = (|| {
-            for index in 0..chunks {
-                if stop.load(Ordering::Relaxed) {
-                    break;
-                }
-                let mut buf = returned.recv().map_err(|_| stopped())?;
-                // A buffer comes back once from each worker that had it: the return that
-                // leaves it unshared is the one that frees it.
-                while Arc::get_mut(&mut buf).is_none() {
-                    buf = returned.recv().map_err(|_| stopped())?;
-                }
-                let Some(bytes) = Arc::get_mut(&mut buf) else {
-                    return Err(stopped());
-                };
-                let want = (expected - done).min(chunk as u64) as usize;
-                bytes.resize(want, 0);
-                let n = fill(from, bytes).map_err(CopyError::Read)?;
-                if n < want {
-                    return Err(CopyError::Truncated {
-                        got: done + n as u64,
-                        expected,
-                    });
-                }
-                chunk_crcs.push(crc32fast::hash(&buf));
-                to_hash.send((index, buf.clone())).map_err(|_| stopped())?;
-                to_write.send(buf).map_err(|_| stopped())?;
-                done += want as u64;
-                progress(done);
-            }
-            Ok(())
-        })();
-        drop(to_hash);
-        drop(to_write);
-        let written = writer
-            .join()
-            .map_err(|_| CopyError::Write(std::io::Error::other("the writing thread panicked")))?;
-        // The hashing threads end with their queue; every chunk is checked once they have.
-        for h in hashing {
-            h.join()
-                .map_err(|_| CopyError::Read(std::io::Error::other("a hashing thread panicked")))?;
-        }
-        // A write failure explains anything the reading thread saw after it, and a bad
-        // chunk explains a stop.
-        written.map_err(CopyError::Write)?;
-        match first_mismatch.load(Ordering::Relaxed) {
-            usize::MAX => read.map(|()| Copied { chunk_crcs }),
-            chunk => Err(CopyError::Mismatch { chunk }),
-        }
-    })
+        // Every thread has ended: each buffer is back, once from each worker that held it, and
+        // the last of its handles to be unwrapped is the only one left.
+        self.spare.extend(
+            returned
+                .try_iter()
+                .filter_map(|buf| Arc::try_unwrap(buf).ok()),
+        );
+        result
+    }
 }
 
 /// Reads `chunk_crcs.len()` chunks (the last one short, to make `total` bytes) from `r` and
@@ -332,13 +358,47 @@ mod tests {
         let mut out = Vec::new();
         let mut seen = Vec::new();
         let digests = chunk_digests(&src);
-        let c = checked_copy(&mut from, &mut out, expected, &digests, |d| seen.push(d)).unwrap();
+        let c = Copier::default()
+            .copy(&mut from, &mut out, expected, &digests, |d| seen.push(d))
+            .unwrap();
         assert_eq!(out, src);
         assert_eq!(from.0, b"next section", "read past the section");
         assert_eq!(c.chunk_crcs.len(), 4);
         assert_eq!(c.chunk_crcs[3], crc32fast::hash(&src[3 * CHUNK..]));
         assert_eq!(seen.last(), Some(&expected));
         assert!(matches_chunks(&mut &out[..], &c.chunk_crcs, expected, |_| {}).unwrap());
+    }
+
+    #[test]
+    fn one_copier_reuses_its_buffers_across_sections_of_any_size() {
+        let mut copier = Copier::default();
+        let long = data(5 * CHUNK + 7);
+        let short = data(1000);
+        // A long section, a short one that takes a used buffer, and a long one again, which
+        // has to grow the buffers the short one shrank.
+        for src in [&long, &short, &long] {
+            let mut out = Vec::new();
+            let c = copier
+                .copy(
+                    &mut &src[..],
+                    &mut out,
+                    src.len() as u64,
+                    &chunk_digests(src),
+                    |_| {},
+                )
+                .unwrap();
+            assert_eq!(&out, src);
+            assert!(
+                matches_chunks(&mut &out[..], &c.chunk_crcs, src.len() as u64, |_| {}).unwrap()
+            );
+            assert!(!copier.spare.is_empty(), "the buffers came back");
+        }
+        let pipeline = 2 * IN_FLIGHT + hashers() + 2;
+        assert!(
+            copier.spare.len() <= pipeline,
+            "{} spare buffers",
+            copier.spare.len()
+        );
     }
 
     #[test]
@@ -367,14 +427,15 @@ mod tests {
         for (at, chunk) in [(7, 0), (3 * CHUNK + 1, 3), (5 * CHUNK + 98, 5)] {
             let mut bad = src.clone();
             bad[at] ^= 0x40;
-            let err = checked_copy(
-                &mut &bad[..],
-                &mut Vec::new(),
-                bad.len() as u64,
-                &digests,
-                |_| {},
-            )
-            .unwrap_err();
+            let err = Copier::default()
+                .copy(
+                    &mut &bad[..],
+                    &mut Vec::new(),
+                    bad.len() as u64,
+                    &digests,
+                    |_| {},
+                )
+                .unwrap_err();
             assert!(
                 matches!(err, CopyError::Mismatch { chunk: c } if c == chunk),
                 "{err}"
@@ -386,28 +447,30 @@ mod tests {
     fn the_wrong_number_of_chunk_hashes_is_refused() {
         let src = data(CHUNK + 1);
         let digests = chunk_digests(&src[..CHUNK]);
-        assert!(checked_copy(
-            &mut &src[..],
-            &mut Vec::new(),
-            src.len() as u64,
-            &digests,
-            |_| {}
-        )
-        .is_err());
+        assert!(Copier::default()
+            .copy(
+                &mut &src[..],
+                &mut Vec::new(),
+                src.len() as u64,
+                &digests,
+                |_| {}
+            )
+            .is_err());
     }
 
     #[test]
     fn a_short_source_is_truncation_not_success() {
         let src = data(CHUNK + 10);
         let digests = chunk_digests(&data(2 * CHUNK));
-        let err = checked_copy(
-            &mut &src[..],
-            &mut Vec::new(),
-            2 * CHUNK as u64,
-            &digests,
-            |_| {},
-        )
-        .unwrap_err();
+        let err = Copier::default()
+            .copy(
+                &mut &src[..],
+                &mut Vec::new(),
+                2 * CHUNK as u64,
+                &digests,
+                |_| {},
+            )
+            .unwrap_err();
         assert!(
             matches!(err, CopyError::Truncated { got, .. } if got == src.len() as u64),
             "{err}"
@@ -428,15 +491,18 @@ mod tests {
         let src = data(30 * CHUNK);
         let digests = chunk_digests(&src);
         let mut from = &src[..];
-        let err =
-            checked_copy(&mut from, &mut Full, src.len() as u64, &digests, |_| {}).unwrap_err();
+        let err = Copier::default()
+            .copy(&mut from, &mut Full, src.len() as u64, &digests, |_| {})
+            .unwrap_err();
         assert!(matches!(err, CopyError::Write(_)), "{err}");
         assert!(!from.is_empty(), "read on after the destination failed");
     }
 
     #[test]
     fn an_empty_section_copies_nothing() {
-        let c = checked_copy(&mut &b""[..], &mut Vec::new(), 0, &[], |_| {}).unwrap();
+        let c = Copier::default()
+            .copy(&mut &b""[..], &mut Vec::new(), 0, &[], |_| {})
+            .unwrap();
         assert!(c.chunk_crcs.is_empty());
     }
 
@@ -445,7 +511,9 @@ mod tests {
         let src = data(2 * CHUNK + 7);
         let total = src.len() as u64;
         let mut out = Vec::new();
-        let c = checked_copy(&mut &src[..], &mut out, total, &chunk_digests(&src), |_| {}).unwrap();
+        let c = Copier::default()
+            .copy(&mut &src[..], &mut out, total, &chunk_digests(&src), |_| {})
+            .unwrap();
         for at in [0, CHUNK + 3, 2 * CHUNK + 6] {
             let mut bad = out.clone();
             bad[at] ^= 1;
