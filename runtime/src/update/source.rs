@@ -45,8 +45,9 @@ pub fn open(
     if source.starts_with("http://") || source.starts_with("https://") {
         return http(source, rt).map(|r| Box::new(r) as Box<dyn Read + Send>);
     }
-    let f = std::fs::File::open(source).map_err(|e| SourceError::File(source.into(), e))?;
-    Ok(Box::new(std::io::BufReader::with_capacity(1 << 20, f)))
+    let f = cairn_update::direct_io::ReadAhead::open(std::path::Path::new(source))
+        .map_err(|e| SourceError::File(source.into(), e))?;
+    Ok(Box::new(f))
 }
 
 fn http(url: &str, rt: &tokio::runtime::Runtime) -> Result<ChannelReader, SourceError> {
