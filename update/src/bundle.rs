@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! 0    8   magic "CAIRNBDL"
-//! 8    2   format version, u16 LE (2)
+//! 8    2   format version, u16 LE (3)
 //! 10   2   flags, u16 LE (0)
 //! 12   4   manifest length M, u32 LE (1..=1048576)
 //! 16   32  key id: SHA-256 of the signer's ed25519 public key
@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use std::io::{Read, Write};
 
 pub const MAGIC: &[u8; 8] = b"CAIRNBDL";
-pub const FORMAT_VERSION: u16 = 2;
+pub const FORMAT_VERSION: u16 = 3;
 pub const HEADER_LEN: usize = 112;
 /// Room for the chunk hashes of a root of several GiB.
 pub const MAX_MANIFEST: u32 = 1 << 20;
@@ -46,8 +46,8 @@ pub struct Payload {
     pub kind: String,
     pub size: u64,
     pub sha256: String,
-    /// SHA-256 of each `copy::CHUNK` of the payload, the last one short.
-    pub chunk_sha256: Vec<String>,
+    /// BLAKE3 digest of each `copy::CHUNK` of the payload, the last one short.
+    pub chunk_blake3: Vec<String>,
 }
 
 impl Payload {
@@ -56,7 +56,7 @@ impl Payload {
             kind: "squashfs".into(),
             size: d.size,
             sha256: d.sha256,
-            chunk_sha256: d.chunk_sha256,
+            chunk_blake3: d.chunk_blake3,
         }
     }
 }
@@ -66,8 +66,8 @@ pub struct BootFile {
     pub name: String,
     pub size: u64,
     pub sha256: String,
-    /// SHA-256 of each `copy::CHUNK` of the file, the last one short.
-    pub chunk_sha256: Vec<String>,
+    /// BLAKE3 digest of each `copy::CHUNK` of the file, the last one short.
+    pub chunk_blake3: Vec<String>,
 }
 
 impl BootFile {
@@ -76,7 +76,7 @@ impl BootFile {
             name: name.to_string(),
             size: d.size,
             sha256: d.sha256,
-            chunk_sha256: d.chunk_sha256,
+            chunk_blake3: d.chunk_blake3,
         }
     }
 }
@@ -197,7 +197,7 @@ struct Section {
     /// How errors name it: "payload", "boot file vmlinuz".
     name: String,
     size: u64,
-    chunk_sha256: Vec<Digest>,
+    chunk_blake3: Vec<Digest>,
 }
 
 impl Section {
@@ -210,12 +210,12 @@ impl Section {
                 copy::chunk_count(size)
             )));
         }
-        let chunk_sha256 = hex
+        let chunk_blake3 = hex
             .iter()
             .map(|h| {
                 copy::digest_from_hex(h).ok_or_else(|| {
                     BundleError::Manifest(format!(
-                        "{name} has a chunk hash that is not SHA-256 hex"
+                        "{name} has a chunk hash that is not 64 hex digits"
                     ))
                 })
             })
@@ -223,7 +223,7 @@ impl Section {
         Ok(Section {
             name,
             size,
-            chunk_sha256,
+            chunk_blake3,
         })
     }
 }
@@ -283,11 +283,11 @@ pub fn open<R: Read>(mut stream: R, trusted: &[PublicKey]) -> Result<Opened<R>, 
     let mut sections = vec![Section::new(
         "payload".into(),
         payload.size,
-        &payload.chunk_sha256,
+        &payload.chunk_blake3,
     )?];
     for f in &manifest.boot_files {
         let name = format!("boot file {}", f.name);
-        sections.push(Section::new(name, f.size, &f.chunk_sha256)?);
+        sections.push(Section::new(name, f.size, &f.chunk_blake3)?);
     }
     Ok(Opened {
         manifest,
@@ -350,7 +350,7 @@ impl<R: Read> Opened<R> {
         let section = &self.sections[index];
         let size = section.size;
         self.copier
-            .copy(&mut self.stream, out, size, &section.chunk_sha256, progress)
+            .copy(&mut self.stream, out, size, &section.chunk_blake3, progress)
             .map_err(|e| match e {
                 CopyError::Truncated { got, expected } => {
                     BundleError::PayloadTruncated { got, expected }
@@ -509,7 +509,7 @@ pub(crate) mod tests {
         let k = key();
         let payload = vec![1u8; copy::CHUNK + 1];
         let mut m = manifest_for(&payload);
-        m.payload.chunk_sha256.pop();
+        m.payload.chunk_blake3.pop();
         let err = install(&bundle(&k, &m, &payload), &[k.public()]).unwrap_err();
         assert!(
             err.to_string()
@@ -517,7 +517,7 @@ pub(crate) mod tests {
             "{err}"
         );
         let mut m = manifest_for(&payload);
-        m.payload.chunk_sha256[1] = "zz".into();
+        m.payload.chunk_blake3[1] = "zz".into();
         let err = install(&bundle(&k, &m, &payload), &[k.public()]).unwrap_err();
         assert!(matches!(err, BundleError::Manifest(_)), "{err}");
     }
