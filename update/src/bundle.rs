@@ -300,7 +300,7 @@ pub fn open<R: Read>(mut stream: R, trusted: &[PublicKey]) -> Result<Opened<R>, 
 
 impl<R: Read> Opened<R> {
     /// Streams the payload into `out`, checking every chunk against its signed hash.
-    /// `progress` hears the bytes done so far. Returns the per-chunk CRCs of what was
+    /// `progress` hears the bytes done so far. Returns the per-chunk checksums of what was
     /// written, for checking the destination's read-back.
     pub fn copy_payload(
         &mut self,

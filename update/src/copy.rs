@@ -6,7 +6,8 @@
 //! of every 1 MiB chunk of a section, and the chunks are hashed on several threads at once,
 //! beside the thread that reads them and the one that writes them: the copy goes as fast
 //! as the storage or all cores hashing together, whichever is slower. The same pass
-//! records a CRC32 of every chunk, so the read-back after the write compares each chunk
+//! records a fast non-cryptographic checksum (XXH3) of every chunk, so the read-back after
+//! the write compares each chunk
 //! against bytes that already passed their signed hash without hashing the slot again.
 
 use std::io::{ErrorKind, Read, Write};
@@ -27,10 +28,10 @@ const MAX_HASHERS: usize = 4;
 /// A 32-byte digest: SHA-256 for keys and whole sections, BLAKE3 for chunks.
 pub type Digest = [u8; 32];
 
-/// What a copy saw: a CRC32 of each `CHUNK` it wrote.
+/// What a copy saw: the `read_back_check` of each `CHUNK` it wrote.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Copied {
-    pub chunk_crcs: Vec<u32>,
+    pub chunk_checks: Vec<u64>,
 }
 
 /// Why a copy stopped.
@@ -78,6 +79,14 @@ pub fn sha256(bytes: &[u8]) -> Digest {
 /// times on x86_64; on a Raspberry Pi 4, which has no SHA instructions, the gap is wider.
 pub fn chunk_digest(bytes: &[u8]) -> Digest {
     blake3::hash(bytes).into()
+}
+
+/// What the read-back compares a chunk by: XXH3-64, which only has to catch storage that
+/// returns other bytes than it was given (the signed digests already vouched for them).
+/// Under emulation it ran 1.4 times as fast as CRC32 (with its carry-less multiply) on both
+/// QEMU boards, and it is taken twice over every byte of the slot.
+pub fn read_back_check(bytes: &[u8]) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(bytes)
 }
 
 /// Hashing threads for this machine: one per core, at least one, at most `MAX_HASHERS`.
@@ -176,8 +185,8 @@ impl Copier {
                 result.and_then(|()| out.flush())
             });
             let mut done = 0u64;
-            // The CRCs are taken here: this thread waits on neither the hash nor the storage.
-            let mut chunk_crcs = Vec::with_capacity(chunks);
+            // The checksums are taken here: this thread waits on neither the hash nor the storage.
+            let mut chunk_checks = Vec::with_capacity(chunks);
             let stopped = || CopyError::Read(std::io::Error::other("a copying thread stopped"));
             let read = (|| {
                 for index in 0..chunks {
@@ -202,7 +211,7 @@ impl Copier {
                             expected,
                         });
                     }
-                    chunk_crcs.push(crc32fast::hash(&buf));
+                    chunk_checks.push(read_back_check(&buf));
                     to_hash.send((index, buf.clone())).map_err(|_| stopped())?;
                     to_write.send(buf).map_err(|_| stopped())?;
                     done += want as u64;
@@ -225,7 +234,7 @@ impl Copier {
             // chunk explains a stop.
             written.map_err(CopyError::Write)?;
             match first_mismatch.load(Ordering::Relaxed) {
-                usize::MAX => read.map(|()| Copied { chunk_crcs }),
+                usize::MAX => read.map(|()| Copied { chunk_checks }),
                 chunk => Err(CopyError::Mismatch { chunk }),
             }
         });
@@ -240,20 +249,21 @@ impl Copier {
     }
 }
 
-/// Reads `chunk_crcs.len()` chunks (the last one short, to make `total` bytes) from `r` and
-/// tells whether each has the CRC32 recorded when it was written. `progress` hears the
+/// Reads `chunk_checks.len()` chunks (the last one short, to make `total` bytes) from `r` and
+/// tells whether each has the `read_back_check` recorded when it was written. `progress` hears the
 /// bytes checked so far.
 pub fn matches_chunks(
     r: &mut impl Read,
-    chunk_crcs: &[u32],
+    chunk_checks: &[u64],
     total: u64,
     mut progress: impl FnMut(u64),
 ) -> std::io::Result<bool> {
     let mut buf = vec![0u8; CHUNK];
     let mut done = 0u64;
-    for crc in chunk_crcs {
+    for check in chunk_checks {
         let want = (total - done).min(CHUNK as u64) as usize;
-        if want == 0 || fill(r, &mut buf[..want])? < want || crc32fast::hash(&buf[..want]) != *crc {
+        if want == 0 || fill(r, &mut buf[..want])? < want || read_back_check(&buf[..want]) != *check
+        {
             return Ok(false);
         }
         done += want as u64;
@@ -359,10 +369,10 @@ mod tests {
             .unwrap();
         assert_eq!(out, src);
         assert_eq!(from.0, b"next section", "read past the section");
-        assert_eq!(c.chunk_crcs.len(), 4);
-        assert_eq!(c.chunk_crcs[3], crc32fast::hash(&src[3 * CHUNK..]));
+        assert_eq!(c.chunk_checks.len(), 4);
+        assert_eq!(c.chunk_checks[3], read_back_check(&src[3 * CHUNK..]));
         assert_eq!(seen.last(), Some(&expected));
-        assert!(matches_chunks(&mut &out[..], &c.chunk_crcs, expected, |_| {}).unwrap());
+        assert!(matches_chunks(&mut &out[..], &c.chunk_checks, expected, |_| {}).unwrap());
     }
 
     #[test]
@@ -385,7 +395,7 @@ mod tests {
                 .unwrap();
             assert_eq!(&out, src);
             assert!(
-                matches_chunks(&mut &out[..], &c.chunk_crcs, src.len() as u64, |_| {}).unwrap()
+                matches_chunks(&mut &out[..], &c.chunk_checks, src.len() as u64, |_| {}).unwrap()
             );
             assert!(!copier.spare.is_empty(), "the buffers came back");
         }
@@ -502,7 +512,7 @@ mod tests {
         let c = Copier::default()
             .copy(&mut &b""[..], &mut Vec::new(), 0, &[], |_| {})
             .unwrap();
-        assert!(c.chunk_crcs.is_empty());
+        assert!(c.chunk_checks.is_empty());
     }
 
     #[test]
@@ -516,11 +526,11 @@ mod tests {
         for at in [0, CHUNK + 3, 2 * CHUNK + 6] {
             let mut bad = out.clone();
             bad[at] ^= 1;
-            assert!(!matches_chunks(&mut &bad[..], &c.chunk_crcs, total, |_| {}).unwrap());
+            assert!(!matches_chunks(&mut &bad[..], &c.chunk_checks, total, |_| {}).unwrap());
         }
         assert!(!matches_chunks(
             &mut &out[..total as usize - 1],
-            &c.chunk_crcs,
+            &c.chunk_checks,
             total,
             |_| {}
         )

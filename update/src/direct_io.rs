@@ -109,13 +109,6 @@ impl SlotFile {
         }
     }
 
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
-        match &self.direct {
-            Some(direct) if offset % ALIGN as u64 == 0 => direct.read_at(buf, offset),
-            _ => self.plain.read_at(buf, offset),
-        }
-    }
-
     /// A writer from the start of the slot. Its `flush` writes out what it still holds;
     /// only `File::sync_all` on [`SlotFile::file`] makes it durable.
     pub fn writer(&self) -> SlotWriter<'_> {
@@ -127,8 +120,9 @@ impl SlotFile {
         }
     }
 
-    /// A reader from the start of the slot that sees what the storage holds.
-    pub fn reader(&self) -> SlotReader<'_> {
+    /// A reader of the slot's first `len` bytes that sees what the storage holds, reading
+    /// ahead of its caller so the storage and the caller's checks overlap.
+    pub fn reader(&self, len: u64) -> std::io::Result<ReadAhead> {
         if self.direct.is_none() {
             // SAFETY: advisory call on a descriptor we own. Clean pages go; what cannot
             // be dropped is re-read from the storage anyway once the caller has flushed.
@@ -136,13 +130,8 @@ impl SlotFile {
                 libc::posix_fadvise(self.plain.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED);
             }
         }
-        SlotReader {
-            slot: self,
-            buf: AlignedBuf::new(BUFFER),
-            start: 0,
-            end: 0,
-            offset: 0,
-        }
+        let direct = self.direct.as_ref().map(File::try_clone).transpose()?;
+        Ok(ReadAhead::start(self.plain.try_clone()?, direct, len))
     }
 }
 
@@ -183,34 +172,11 @@ impl Write for SlotWriter<'_> {
     }
 }
 
-/// Sequential reads of a slot in aligned whole-MiB requests.
-pub struct SlotReader<'a> {
-    slot: &'a SlotFile,
-    buf: AlignedBuf,
-    start: usize,
-    end: usize,
-    offset: u64,
-}
-
-impl Read for SlotReader<'_> {
-    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
-        if self.start == self.end {
-            let n = self.slot.read_at(self.buf.bytes_mut(), self.offset)?;
-            self.offset += n as u64;
-            (self.start, self.end) = (0, n);
-        }
-        let n = out.len().min(self.end - self.start);
-        out[..n].copy_from_slice(&self.buf.bytes()[self.start..self.start + n]);
-        self.start += n;
-        Ok(n)
-    }
-}
-
 /// MiB a [`ReadAhead`] reads before its reader asks for them.
 const READ_AHEAD: usize = 4;
 
-/// A file read once from start to end, past the page cache, by a thread that keeps a few
-/// MiB ahead of the reader: a local bundle. Through the cache, the install's reading thread
+/// A file read once from the start, past the page cache, by a thread that keeps a few MiB
+/// ahead of the reader: a local bundle, or a slot's read-back. Through the cache, the install's reading thread
 /// spent more time in `read` than any other thread spent on anything (the kernel copies and
 /// tracks every page, and reads ahead only 128 KiB at a time on a virtio disk); reading
 /// directly, in whole MiB, several requests ahead, the reads wait on neither.
@@ -232,41 +198,52 @@ impl ReadAhead {
             .custom_flags(libc::O_DIRECT)
             .open(path)
             .ok();
+        Ok(ReadAhead::start(plain, direct, u64::MAX))
+    }
+
+    /// Reads `plain` (through `direct` where it can) up to its end or `limit` bytes; a few
+    /// bytes past `limit` may come too, where the end of the last aligned read falls.
+    fn start(plain: File, direct: Option<File>, limit: u64) -> ReadAhead {
         let (to_reader, filled) = mpsc::sync_channel(READ_AHEAD);
         let (free, free_bufs) = mpsc::channel();
         for _ in 0..READ_AHEAD + 1 {
             // The receiver is alive: the send cannot fail.
             let _ = free.send(AlignedBuf::new(BUFFER));
         }
-        std::thread::spawn(move || read_ahead(plain, direct, free_bufs, to_reader));
-        Ok(ReadAhead {
+        std::thread::spawn(move || read_ahead(plain, direct, limit, free_bufs, to_reader));
+        ReadAhead {
             filled,
             free,
             current: None,
             start: 0,
-        })
+        }
     }
 }
 
-/// The read-ahead thread: fills free buffers in file order until the end of the file, an
-/// error, or the reader going away.
+/// The read-ahead thread: fills free buffers in file order until the end of the file or
+/// `limit`, an error, or the reader going away.
 fn read_ahead(
     plain: File,
     mut direct: Option<File>,
+    limit: u64,
     free: mpsc::Receiver<AlignedBuf>,
     to_reader: mpsc::SyncSender<std::io::Result<(AlignedBuf, usize)>>,
 ) {
     let mut offset = 0u64;
     while let Ok(mut buf) = free.recv() {
+        // Whole aligned blocks up to the limit, as direct reads need.
+        let want = (limit.saturating_sub(offset))
+            .min(buf.len as u64)
+            .next_multiple_of(ALIGN as u64) as usize;
         let mut n = 0;
         let result = loop {
-            if n == buf.len {
+            if n == want {
                 break Ok(());
             }
             let at = offset + n as u64;
             let read = match &direct {
-                Some(d) if at % ALIGN as u64 == 0 => d.read_at(&mut buf.bytes_mut()[n..], at),
-                _ => plain.read_at(&mut buf.bytes_mut()[n..], at),
+                Some(d) if at % ALIGN as u64 == 0 => d.read_at(&mut buf.bytes_mut()[n..want], at),
+                _ => plain.read_at(&mut buf.bytes_mut()[n..want], at),
             };
             match read {
                 Ok(0) => break Ok(()),
@@ -362,7 +339,10 @@ mod tests {
                 "wrote past the end of the data (direct: {direct})"
             );
             let mut back = vec![0u8; src.len()];
-            slot.reader().read_exact(&mut back).unwrap();
+            slot.reader(src.len() as u64)
+                .unwrap()
+                .read_exact(&mut back)
+                .unwrap();
             assert_eq!(back, src, "direct: {direct}");
         }
     }
@@ -372,7 +352,7 @@ mod tests {
         for direct in [true, false] {
             let (dir, slot) = slot_file(2 * BUFFER, direct);
             let mut first = vec![0u8; 4096];
-            slot.reader().read_exact(&mut first).unwrap();
+            slot.reader(4096).unwrap().read_exact(&mut first).unwrap();
             // Changed behind the slot's back, through another descriptor.
             std::fs::OpenOptions::new()
                 .write(true)
@@ -381,7 +361,7 @@ mod tests {
                 .write_all_at(b"changed", 0)
                 .unwrap();
             let mut again = vec![0u8; 7];
-            slot.reader().read_exact(&mut again).unwrap();
+            slot.reader(7).unwrap().read_exact(&mut again).unwrap();
             assert_eq!(&again, b"changed", "direct: {direct}");
         }
     }
@@ -408,6 +388,17 @@ mod tests {
             assert!(got == src, "{len} bytes read back differ");
             assert_eq!(r.read(&mut piece).unwrap(), 0, "reads on after the end");
         }
+    }
+
+    #[test]
+    fn a_slot_reader_stops_at_its_limit_rounded_to_a_block() {
+        let (_dir, slot) = slot_file(4 * BUFFER, true);
+        let mut all = Vec::new();
+        slot.reader(BUFFER as u64 + 10)
+            .unwrap()
+            .read_to_end(&mut all)
+            .unwrap();
+        assert_eq!(all.len(), BUFFER + ALIGN);
     }
 
     #[test]

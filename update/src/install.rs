@@ -171,7 +171,7 @@ pub fn install(
     let (staged, same) = std::thread::scope(|s| {
         let read_back = s.spawn(|| {
             dev.file().sync_all().map_err(io("flushing the slot"))?;
-            read_back(&dev, &written.chunk_crcs, total, &checked)
+            read_back(&dev, &written.chunk_checks, total, &checked)
                 .map_err(io("reading the slot back"))
         });
         let staged = write_boot_files(&mut opened, &manifest, &slot_dir, &mut progress)
@@ -212,14 +212,14 @@ pub fn install(
 }
 
 /// Reads the slot back past the page cache, what the next boot will see, and compares each
-/// chunk with the CRC of the bytes that passed the signed SHA-256.
+/// chunk with the checksum of the bytes that passed their signed digests.
 fn read_back(
     dev: &SlotFile,
-    chunk_crcs: &[u32],
+    chunk_checks: &[u64],
     total: u64,
     checked: &AtomicU64,
 ) -> std::io::Result<bool> {
-    copy::matches_chunks(&mut dev.reader(), chunk_crcs, total, |done| {
+    copy::matches_chunks(&mut dev.reader(total)?, chunk_checks, total, |done| {
         checked.store(done, Ordering::Relaxed)
     })
 }
