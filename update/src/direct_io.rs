@@ -176,10 +176,11 @@ impl Write for SlotWriter<'_> {
 const READ_AHEAD: usize = 4;
 
 /// A file read once from the start, past the page cache, by a thread that keeps a few MiB
-/// ahead of the reader: a local bundle, or a slot's read-back. Through the cache, the install's reading thread
-/// spent more time in `read` than any other thread spent on anything (the kernel copies and
-/// tracks every page, and reads ahead only 128 KiB at a time on a virtio disk); reading
-/// directly, in whole MiB, several requests ahead, the reads wait on neither.
+/// ahead of the reader: a local bundle, or a slot's read-back. Through the cache, the
+/// install's reading thread spent more time in `read` than any other thread spent on
+/// anything (the kernel copies and tracks every page, and reads ahead only 128 KiB at a
+/// time on a virtio disk); reading directly, in whole MiB, several requests ahead, the
+/// reads wait on neither. The read-back's checks, likewise, no longer wait on the storage.
 ///
 /// Where `O_DIRECT` is refused (tmpfs, some FUSE mounts) the same thread reads through
 /// the cache.
