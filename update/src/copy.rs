@@ -7,8 +7,8 @@
 //! beside the thread that reads them and the one that writes them: the copy goes as fast
 //! as the storage or all cores hashing together, whichever is slower. The same pass
 //! records a fast non-cryptographic checksum (XXH3) of every chunk, so the read-back after
-//! the write compares each chunk
-//! against bytes that already passed their signed hash without hashing the slot again.
+//! the write compares each chunk against bytes that already passed their signed hash
+//! without hashing the slot again.
 
 use std::io::{ErrorKind, Read, Write};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

@@ -81,12 +81,20 @@ pub struct SlotFile {
     direct: Option<File>,
 }
 
+/// `path` opened with `options`, and once more with `O_DIRECT` where the kernel allows it.
+fn open_with_direct(
+    options: &mut std::fs::OpenOptions,
+    path: &Path,
+) -> std::io::Result<(File, Option<File>)> {
+    let plain = options.open(path)?;
+    let direct = options.custom_flags(libc::O_DIRECT).open(path).ok();
+    Ok((plain, direct))
+}
+
 impl SlotFile {
     pub fn open(path: &Path) -> std::io::Result<SlotFile> {
-        let mut options = std::fs::OpenOptions::new();
-        options.read(true).write(true);
-        let plain = options.open(path)?;
-        let direct = options.custom_flags(libc::O_DIRECT).open(path).ok();
+        let (plain, direct) =
+            open_with_direct(std::fs::OpenOptions::new().read(true).write(true), path)?;
         Ok(SlotFile { plain, direct })
     }
 
@@ -193,12 +201,7 @@ pub struct ReadAhead {
 
 impl ReadAhead {
     pub fn open(path: &Path) -> std::io::Result<ReadAhead> {
-        let plain = File::open(path)?;
-        let direct = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_DIRECT)
-            .open(path)
-            .ok();
+        let (plain, direct) = open_with_direct(std::fs::OpenOptions::new().read(true), path)?;
         Ok(ReadAhead::start(plain, direct, u64::MAX))
     }
 
