@@ -88,9 +88,10 @@ fn timed(vm: &mut Vm, command: &str) -> Result<(f64, String)> {
     Ok((secs, out))
 }
 
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v.get(v.len() / 2).copied().unwrap_or(0.0)
+fn median(v: &[f64]) -> f64 {
+    let mut sorted = v.to_vec();
+    sorted.sort_by(|a, b| a.total_cmp(b));
+    sorted.get(sorted.len() / 2).copied().unwrap_or(0.0)
 }
 
 /// The median over rounds of `raw[i] / install[i]`. A round's raw write and install run
@@ -98,8 +99,8 @@ fn median(v: &mut [f64]) -> f64 {
 /// between runs and within one, which moves a ratio of two medians taken across the whole
 /// run but not the ratio within each round.
 fn paired_ratio(raw: &[f64], install: &[f64]) -> (f64, Vec<f64>) {
-    let mut ratios: Vec<f64> = raw.iter().zip(install).map(|(r, i)| r / i).collect();
-    (median(&mut ratios), ratios)
+    let ratios: Vec<f64> = raw.iter().zip(install).map(|(r, i)| r / i).collect();
+    (median(&ratios), ratios)
 }
 
 pub fn run(boards: &str, bundles: &Path, out: &str) -> Result<()> {
@@ -195,10 +196,7 @@ pub fn run(boards: &str, bundles: &Path, out: &str) -> Result<()> {
         let (ratio, ratios_all) = paired_ratio(&raw_s, &install_s);
         let (root_ratio, _) = paired_ratio(&raw_root_s, &install_s);
         let (direct_ratio, _) = paired_ratio(&raw_direct_s, &install_s);
-        // The lists below come out sorted; the rounds' pairing lives on in the ratios above.
-        let (install, raw) = (median(&mut install_s), median(&mut raw_s));
-        median(&mut raw_root_s);
-        median(&mut raw_direct_s);
+        let (install, raw) = (median(&install_s), median(&raw_s));
         results.insert(
             name.to_string(),
             serde_json::json!({
