@@ -25,7 +25,7 @@ const IN_FLIGHT: usize = 4;
 /// The most hashing threads: more cores than this are left to the node's workloads.
 const MAX_HASHERS: usize = 4;
 
-/// A 32-byte digest: SHA-256 for keys and whole sections, BLAKE3 for chunks.
+/// A chunk's 32-byte BLAKE3 digest.
 pub type Digest = [u8; 32];
 
 /// What a copy saw: the `read_back_check` of each `CHUNK` it wrote.
@@ -64,13 +64,6 @@ fn fill(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
 /// How many `CHUNK`s make `size` bytes (the last one may be short).
 pub fn chunk_count(size: u64) -> usize {
     size.div_ceil(CHUNK as u64) as usize
-}
-
-/// The SHA-256 of `bytes` (a key, for its id).
-pub fn sha256(bytes: &[u8]) -> Digest {
-    let mut d = [0u8; 32];
-    d.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref());
-    d
 }
 
 /// The digest a manifest signs for each chunk: BLAKE3, a cryptographic hash that runs on

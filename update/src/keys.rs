@@ -42,8 +42,11 @@ pub struct PublicKey {
 }
 
 impl PublicKey {
+    /// The SHA-256 of the key, as a bundle's header names its signer.
     pub fn id(&self) -> [u8; 32] {
-        crate::copy::sha256(&self.bytes)
+        let mut id = [0u8; 32];
+        id.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, &self.bytes).as_ref());
+        id
     }
 
     pub fn to_pem(&self) -> String {
