@@ -135,7 +135,11 @@ impl Copier {
         // Enough for both queues to be full, every worker busy, and the reader filling one
         // more; a short section needs no more than one per chunk.
         for _ in 0..(2 * IN_FLIGHT + hashers + 2).min(chunks.max(1)) {
-            let buf = self.spare.pop().unwrap_or_else(|| vec![0u8; chunk]);
+            let buf = self.spare.pop().unwrap_or_else(|| {
+                let mut fresh = vec![0u8; chunk];
+                crate::memory::populate(&mut fresh);
+                fresh
+            });
             // The receiver is still here: the send cannot fail.
             let _ = give_back.send(Arc::new(buf));
         }
@@ -254,6 +258,7 @@ pub fn matches_chunks(
     mut progress: impl FnMut(u64),
 ) -> std::io::Result<bool> {
     let mut buf = vec![0u8; CHUNK];
+    crate::memory::populate(&mut buf);
     let mut done = 0u64;
     for check in chunk_checks {
         let want = (total - done).min(CHUNK as u64) as usize;

@@ -44,10 +44,12 @@ impl AlignedBuf {
         let Some(ptr) = NonNull::new(raw) else {
             std::alloc::handle_alloc_error(layout)
         };
-        AlignedBuf {
+        let mut buf = AlignedBuf {
             ptr,
             len: layout.size(),
-        }
+        };
+        crate::memory::populate(buf.bytes_mut());
+        buf
     }
 
     fn layout(len: usize) -> std::alloc::Layout {

@@ -19,6 +19,8 @@ pub mod direct_io;
 pub mod install;
 #[cfg(feature = "bundle")]
 pub mod keys;
+#[cfg(feature = "bundle")]
+pub mod memory;
 pub mod state;
 
 pub use slot::{Slot, SlotError};
