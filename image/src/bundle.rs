@@ -58,14 +58,14 @@ pub fn verify(path: &Path, key: &Path) -> Result<Manifest> {
     let f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let mut opened = bundle::open(std::io::BufReader::new(f), &[key])?;
     let manifest = opened.manifest.clone();
-    let mut whole = Sha256::new();
-    opened.copy_payload(&mut whole, |_| {})?;
-    same_hash("payload", whole, &manifest.payload.sha256)?;
     for (i, f) in manifest.boot_files.iter().enumerate() {
         let mut whole = Sha256::new();
         opened.copy_boot_file(i, &mut whole, |_| {})?;
         same_hash(&format!("boot file {}", f.name), whole, &f.sha256)?;
     }
+    let mut whole = Sha256::new();
+    opened.copy_payload(&mut whole, |_| {})?;
+    same_hash("payload", whole, &manifest.payload.sha256)?;
     opened.finish()?;
     Ok(manifest)
 }

@@ -2,14 +2,14 @@
 //!
 //! ```text
 //! 0    8   magic "CAIRNBDL"
-//! 8    2   format version, u16 LE (3)
+//! 8    2   format version, u16 LE (4)
 //! 10   2   flags, u16 LE (0)
 //! 12   4   manifest length M, u32 LE (1..=1048576)
 //! 16   32  key id: SHA-256 of the signer's ed25519 public key
 //! 48   64  ed25519 signature over bytes 0..48 followed by the manifest
 //! 112  M   manifest, UTF-8 JSON
-//! 112+M    payload: exactly manifest.payload.size bytes (a squashfs root)
-//! ...      each boot file of manifest.boot_files, in order, exactly its size; then end of file
+//! 112+M    each boot file of manifest.boot_files, in order, exactly its size
+//! ...      payload: exactly manifest.payload.size bytes (a squashfs root); then end of file
 //! ```
 
 use crate::copy::{self, Copied, CopyError, Digest, SectionDigests};
@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use std::io::{Read, Write};
 
 pub const MAGIC: &[u8; 8] = b"CAIRNBDL";
-pub const FORMAT_VERSION: u16 = 3;
+pub const FORMAT_VERSION: u16 = 4;
 pub const HEADER_LEN: usize = 112;
 /// Room for the chunk hashes of a root of several GiB.
 pub const MAX_MANIFEST: u32 = 1 << 20;
@@ -34,7 +34,7 @@ pub struct Manifest {
     /// SOURCE_DATE_EPOCH of the build.
     pub created: u64,
     pub payload: Payload,
-    /// Files after the payload that go to the slot's directory on the boot partition (the
+    /// Files before the payload that go to the slot's directory on the boot partition (the
     /// kernel and initramfs that boot this root).
     pub boot_files: Vec<BootFile>,
 }
@@ -103,8 +103,12 @@ pub enum BundleError {
     BadSignature,
     #[error("bundle manifest is not valid: {0}")]
     Manifest(String),
-    #[error("payload truncated: {got} of {expected} bytes arrived")]
-    PayloadTruncated { got: u64, expected: u64 },
+    #[error("{section} truncated: {got} of {expected} bytes arrived")]
+    Truncated {
+        section: String,
+        got: u64,
+        expected: u64,
+    },
     #[error("payload is longer than the {expected} bytes its manifest declares")]
     PayloadOversized { expected: u64 },
     #[error("{section} hash mismatch in bytes {start}..{end}: the bundle was altered or damaged")]
@@ -113,6 +117,8 @@ pub enum BundleError {
         start: u64,
         end: u64,
     },
+    #[error("{wanted} asked for while the bundle carries {next} next (a bug in the caller)")]
+    OutOfOrder { wanted: String, next: String },
     #[error("reading the bundle: {0}")]
     Io(#[from] std::io::Error),
     #[error("writing what the bundle carries: {0}")]
@@ -129,8 +135,8 @@ fn signed_prefix(manifest_len: u32, key_id: &[u8; 32]) -> [u8; 48] {
     h
 }
 
-/// Writes a signed bundle: header, manifest, the payload copied from `payload`, then the
-/// boot files (one per manifest entry, in order; a kernel and an initramfs fit in memory).
+/// Writes a signed bundle: header, manifest, the boot files (one per manifest entry, in
+/// order; a kernel and an initramfs fit in memory), then the payload copied from `payload`.
 pub fn write(
     out: &mut impl Write,
     key: &SigningKey,
@@ -158,10 +164,15 @@ pub fn write(
     out.write_all(&prefix)?;
     out.write_all(&signature)?;
     out.write_all(&json)?;
-    copy_exact(payload, out, manifest.payload.size)?;
     for (bytes, f) in boot_files.iter().zip(&manifest.boot_files) {
-        copy_exact(&mut &bytes[..], out, f.size)?;
+        copy_exact(
+            &mut &bytes[..],
+            out,
+            &format!("boot file {}", f.name),
+            f.size,
+        )?;
     }
+    copy_exact(payload, out, "payload", manifest.payload.size)?;
     out.flush()?;
     Ok(())
 }
@@ -169,11 +180,13 @@ pub fn write(
 fn copy_exact(
     from: &mut (impl Read + ?Sized),
     out: &mut impl Write,
+    section: &str,
     size: u64,
 ) -> Result<(), BundleError> {
     let copied = std::io::copy(&mut from.take(size), out)?;
     if copied != size {
-        return Err(BundleError::PayloadTruncated {
+        return Err(BundleError::Truncated {
+            section: section.to_string(),
             got: copied,
             expected: size,
         });
@@ -181,14 +194,17 @@ fn copy_exact(
     Ok(())
 }
 
-/// A bundle whose header and manifest are read and whose signature is verified; the payload
-/// is still unread in the stream.
+/// A bundle whose header and manifest are read and whose signature is verified; its
+/// sections are still unread in the stream, to be copied in the order it carries them: each
+/// boot file (`copy_boot_file`), then the payload (`copy_payload`).
 pub struct Opened<R> {
     pub manifest: Manifest,
     pub key: PublicKey,
     stream: R,
-    /// The payload, then each boot file, as the stream carries them.
+    /// Each boot file, then the payload, as the stream carries them.
     sections: Vec<Section>,
+    /// The index in `sections` of the next one in the stream.
+    next: usize,
     copier: copy::Copier,
 }
 
@@ -279,38 +295,30 @@ pub fn open<R: Read>(mut stream: R, trusted: &[PublicKey]) -> Result<Opened<R>, 
             manifest.payload.kind
         )));
     }
-    let payload = &manifest.payload;
-    let mut sections = vec![Section::new(
-        "payload".into(),
-        payload.size,
-        &payload.chunk_blake3,
-    )?];
+    let mut sections = Vec::with_capacity(manifest.boot_files.len() + 1);
     for f in &manifest.boot_files {
         let name = format!("boot file {}", f.name);
         sections.push(Section::new(name, f.size, &f.chunk_blake3)?);
     }
+    let payload = &manifest.payload;
+    sections.push(Section::new(
+        "payload".into(),
+        payload.size,
+        &payload.chunk_blake3,
+    )?);
     Ok(Opened {
         manifest,
         key,
         stream,
         sections,
+        next: 0,
         copier: copy::Copier::default(),
     })
 }
 
 impl<R: Read> Opened<R> {
-    /// Streams the payload into `out`, checking every chunk against its signed hash.
-    /// `progress` hears the bytes done so far. Returns the per-chunk checksums of what was
-    /// written, for checking the destination's read-back.
-    pub fn copy_payload(
-        &mut self,
-        out: &mut (impl Write + Send),
-        progress: impl FnMut(u64),
-    ) -> Result<Copied, BundleError> {
-        self.copy_section(0, out, progress)
-    }
-
-    /// Streams boot file `index` (manifest order, after the payload) into `out` and checks it.
+    /// Streams boot file `index` (manifest order, every one before the payload) into `out`,
+    /// checking every chunk against its signed hash.
     pub fn copy_boot_file(
         &mut self,
         index: usize,
@@ -320,11 +328,28 @@ impl<R: Read> Opened<R> {
         if index >= self.manifest.boot_files.len() {
             return Err(BundleError::Manifest(format!("no boot file {index}")));
         }
-        self.copy_section(index + 1, out, progress).map(drop)
+        self.copy_section(index, out, progress).map(drop)
+    }
+
+    /// Streams the payload into `out`, once every boot file is copied, checking every chunk
+    /// against its signed hash. `progress` hears the bytes done so far. Returns the
+    /// per-chunk checksums of what was written, for checking the destination's read-back.
+    pub fn copy_payload(
+        &mut self,
+        out: &mut (impl Write + Send),
+        progress: impl FnMut(u64),
+    ) -> Result<Copied, BundleError> {
+        self.copy_section(self.sections.len() - 1, out, progress)
     }
 
     /// Checks that nothing follows the last section.
     pub fn finish(mut self) -> Result<(), BundleError> {
+        if let Some(unread) = self.sections.get(self.next) {
+            return Err(BundleError::OutOfOrder {
+                wanted: "the end".into(),
+                next: unread.name.clone(),
+            });
+        }
         let mut extra = [0u8; 1];
         loop {
             match self.stream.read(&mut extra) {
@@ -340,7 +365,8 @@ impl<R: Read> Opened<R> {
         }
     }
 
-    /// Copies section `index` of `sections` (which has one per manifest entry).
+    /// Copies section `index` of `sections` (one per manifest entry, in stream order), which
+    /// must be the next one in the stream.
     fn copy_section(
         &mut self,
         index: usize,
@@ -348,13 +374,23 @@ impl<R: Read> Opened<R> {
         progress: impl FnMut(u64),
     ) -> Result<Copied, BundleError> {
         let section = &self.sections[index];
+        if index != self.next {
+            let next = self.sections.get(self.next);
+            return Err(BundleError::OutOfOrder {
+                wanted: section.name.clone(),
+                next: next.map_or_else(|| "nothing".into(), |s| s.name.clone()),
+            });
+        }
+        self.next += 1;
         let size = section.size;
         self.copier
             .copy(&mut self.stream, out, size, &section.chunk_blake3, progress)
             .map_err(|e| match e {
-                CopyError::Truncated { got, expected } => {
-                    BundleError::PayloadTruncated { got, expected }
-                }
+                CopyError::Truncated { got, expected } => BundleError::Truncated {
+                    section: section.name.clone(),
+                    got,
+                    expected,
+                },
                 CopyError::Mismatch { chunk } => {
                     let start = chunk as u64 * copy::CHUNK as u64;
                     BundleError::PayloadHash {
@@ -410,7 +446,7 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn boot_files_follow_the_payload_and_are_checked_too() {
+    fn boot_files_precede_the_payload_and_are_checked_too() {
         let k = key();
         let payload = b"root".to_vec();
         let kernel = b"kernel image".to_vec();
@@ -420,13 +456,14 @@ pub(crate) mod tests {
         write(&mut out, &k, &m, &mut &payload[..], &[&kernel[..]]).unwrap();
         let mut opened = open(&out[..], &[k.public()]).unwrap();
         let (mut root, mut image) = (Vec::new(), Vec::new());
-        opened.copy_payload(&mut root, |_| {}).unwrap();
         opened.copy_boot_file(0, &mut image, |_| {}).unwrap();
+        opened.copy_payload(&mut root, |_| {}).unwrap();
         opened.finish().unwrap();
         assert_eq!((root, image), (payload, kernel));
-        *out.last_mut().unwrap() ^= 1;
+        // The last byte of the kernel, just before the 4 bytes of payload.
+        let at = out.len() - 4 - 1;
+        out[at] ^= 1;
         let mut opened = open(&out[..], &[k.public()]).unwrap();
-        opened.copy_payload(&mut Vec::new(), |_| {}).unwrap();
         let err = opened
             .copy_boot_file(0, &mut Vec::new(), |_| {})
             .unwrap_err();
@@ -434,6 +471,27 @@ pub(crate) mod tests {
             err.to_string(),
             "boot file Image hash mismatch in bytes 0..12: the bundle was altered or damaged"
         );
+    }
+
+    #[test]
+    fn sections_are_copied_in_the_order_the_stream_carries_them() {
+        let k = key();
+        let payload = b"root".to_vec();
+        let mut m = manifest_for(&payload);
+        m.boot_files.push(boot_file("Image", b"kernel"));
+        let mut out = Vec::new();
+        write(&mut out, &k, &m, &mut &payload[..], &[b"kernel"]).unwrap();
+        let mut opened = open(&out[..], &[k.public()]).unwrap();
+        let err = opened.copy_payload(&mut Vec::new(), |_| {}).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "payload asked for while the bundle carries boot file Image next (a bug in the caller)"
+        );
+        let opened = open(&out[..], &[k.public()]).unwrap();
+        assert!(matches!(
+            opened.finish(),
+            Err(BundleError::OutOfOrder { .. })
+        ));
     }
 
     #[test]
@@ -483,9 +541,10 @@ pub(crate) mod tests {
 
         assert!(matches!(
             install(&good[..good.len() - 3], &trusted),
-            Err(BundleError::PayloadTruncated {
+            Err(BundleError::Truncated {
                 got: 11,
-                expected: 14
+                expected: 14,
+                ..
             })
         ));
         let mut longer = good.clone();

@@ -9,7 +9,6 @@ use crate::state::DeviceState;
 use crate::{copy, fsutil, version, Slot};
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 #[derive(Debug, thiserror::Error)]
 pub enum InstallError {
@@ -63,10 +62,10 @@ pub struct Target {
 /// Install phases, for progress display.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
-    /// The payload into the slot.
-    Writing,
     /// The kernel and initramfs into the slot's directory on the boot partition.
     BootFiles,
+    /// The payload into the slot.
+    Writing,
     /// Reading the slot back.
     Verifying,
 }
@@ -160,40 +159,40 @@ pub fn install(
     let slot_dir = target.boot_dir.join(slot.letter());
     clear_slot_dir(&slot_dir).map_err(io(format!("clearing {}", slot_dir.display())))?;
 
+    // The boot files come first in the bundle. Their flush to the boot partition runs
+    // beside the payload's copy to the root partition, which keeps the cores busy hashing
+    // while the flush mostly waits on the storage.
+    let staged = write_boot_files(&mut opened, &manifest, &slot_dir, &mut progress)?;
     let total = manifest.payload.size;
-    let written = opened.copy_payload(&mut dev.writer(), |done| {
-        progress(Phase::Writing, done, total)
-    })?;
-
-    // The slot's flush and read-back run beside the boot files' copy: one works on the root
-    // partition, the other on the boot partition, and neither waits for the other.
-    let checked = AtomicU64::new(0);
-    let (staged, same) = std::thread::scope(|s| {
-        let read_back = s.spawn(|| {
+    let (same, flushed) = std::thread::scope(|s| {
+        let flushed = s.spawn(|| flush_boot_files(&staged));
+        let same = (|| {
+            let written = opened.copy_payload(&mut dev.writer(), |done| {
+                progress(Phase::Writing, done, total)
+            })?;
+            opened.finish()?;
             dev.file().sync_all().map_err(io("flushing the slot"))?;
-            read_back(&dev, &written.chunk_checks, total, &checked)
-                .map_err(io("reading the slot back"))
-        });
-        let staged = write_boot_files(&mut opened, &manifest, &slot_dir, &mut progress)
-            .and_then(|staged| opened.finish().map(|()| staged).map_err(Into::into));
-        while !read_back.is_finished() {
-            progress(Phase::Verifying, checked.load(Ordering::Relaxed), total);
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-        let same = read_back.join().unwrap_or_else(|_| {
-            Err(io("reading the slot back")(std::io::Error::other(
-                "the read-back thread panicked",
+            copy::matches_chunks(
+                &mut dev.reader(total).map_err(io("reading the slot back"))?,
+                &written.chunk_checks,
+                total,
+                |done| progress(Phase::Verifying, done, total),
+            )
+            .map_err(io("reading the slot back"))
+        })();
+        let flushed = flushed.join().unwrap_or_else(|_| {
+            Err(io("flushing the boot files")(std::io::Error::other(
+                "the flushing thread panicked",
             )))
         });
-        (staged, same)
+        (same, flushed)
     });
-    let staged = staged?;
     if !same? {
         return Err(InstallError::ReadBack { slot });
     }
-    progress(Phase::Verifying, total, total);
-    for (tmp, dest) in staged {
-        fsutil::rename(&tmp, &dest).map_err(io(format!("installing {}", dest.display())))?;
+    flushed?;
+    for f in staged {
+        fsutil::rename(&f.tmp, &f.dest).map_err(io(format!("installing {}", f.dest.display())))?;
     }
 
     // The one step that changes what boots next.
@@ -211,42 +210,47 @@ pub fn install(
     Ok(manifest)
 }
 
-/// Reads the slot back past the page cache, what the next boot will see, and compares each
-/// chunk with the checksum of the bytes that passed their signed digests.
-fn read_back(
-    dev: &SlotFile,
-    chunk_checks: &[u64],
-    total: u64,
-    checked: &AtomicU64,
-) -> std::io::Result<bool> {
-    copy::matches_chunks(&mut dev.reader(total)?, chunk_checks, total, |done| {
-        checked.store(done, Ordering::Relaxed)
-    })
+/// A boot file written under a temporary name, to be renamed once everything is verified.
+struct Staged {
+    file: std::fs::File,
+    tmp: PathBuf,
+    dest: PathBuf,
 }
 
-/// Streams the boot files into the slot's directory under temporary names, flushed; returns
-/// (temporary, final) name pairs for the renames once everything is verified.
+/// Streams the boot files into the slot's directory under temporary names, not yet flushed.
 fn write_boot_files<R: Read>(
     opened: &mut bundle::Opened<R>,
     manifest: &Manifest,
     slot_dir: &Path,
     progress: &mut impl FnMut(Phase, u64, u64),
-) -> Result<Vec<(PathBuf, PathBuf)>, InstallError> {
+) -> Result<Vec<Staged>, InstallError> {
     let mut staged = Vec::new();
     let boot_total = manifest.boot_files.iter().map(|f| f.size).sum::<u64>();
     let mut boot_done = 0;
     for (i, f) in manifest.boot_files.iter().enumerate() {
         let tmp = slot_dir.join(format!(".{}.new", f.name));
-        let out = std::fs::File::create(&tmp).map_err(io(format!("creating {}", tmp.display())))?;
-        opened.copy_boot_file(i, &mut fsutil::WritebackAhead::new(&out), |done| {
+        let file =
+            std::fs::File::create(&tmp).map_err(io(format!("creating {}", tmp.display())))?;
+        opened.copy_boot_file(i, &mut fsutil::WritebackAhead::new(&file), |done| {
             progress(Phase::BootFiles, boot_done + done, boot_total)
         })?;
         boot_done += f.size;
-        out.sync_all()
-            .map_err(io(format!("flushing {}", tmp.display())))?;
-        staged.push((tmp, slot_dir.join(&f.name)));
+        staged.push(Staged {
+            file,
+            tmp,
+            dest: slot_dir.join(&f.name),
+        });
     }
     Ok(staged)
+}
+
+fn flush_boot_files(staged: &[Staged]) -> Result<(), InstallError> {
+    for f in staged {
+        f.file
+            .sync_all()
+            .map_err(io(format!("flushing {}", f.tmp.display())))?;
+    }
+    Ok(())
 }
 
 /// The marker each slot directory keeps for good (written by the image builder).
