@@ -61,7 +61,7 @@ pub fn verify(path: &Path, key: &Path) -> Result<Manifest> {
     for (i, f) in manifest.boot_files.iter().enumerate() {
         let mut whole = Sha256::new();
         opened.copy_boot_file(i, &mut whole, |_| {})?;
-        same_hash(&format!("boot file {}", f.name), whole, &f.sha256)?;
+        same_hash(&f.section_name(), whole, &f.sha256)?;
     }
     let mut whole = Sha256::new();
     opened.copy_payload(&mut whole, |_| {})?;

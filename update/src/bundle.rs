@@ -71,6 +71,11 @@ pub struct BootFile {
 }
 
 impl BootFile {
+    /// How messages name this section of a bundle.
+    pub fn section_name(&self) -> String {
+        format!("boot file {}", self.name)
+    }
+
     pub fn new(name: &str, d: SectionDigests) -> BootFile {
         BootFile {
             name: name.to_string(),
@@ -165,12 +170,7 @@ pub fn write(
     out.write_all(&signature)?;
     out.write_all(&json)?;
     for (bytes, f) in boot_files.iter().zip(&manifest.boot_files) {
-        copy_exact(
-            &mut &bytes[..],
-            out,
-            &format!("boot file {}", f.name),
-            f.size,
-        )?;
+        copy_exact(&mut &bytes[..], out, &f.section_name(), f.size)?;
     }
     copy_exact(payload, out, "payload", manifest.payload.size)?;
     out.flush()?;
@@ -297,8 +297,7 @@ pub fn open<R: Read>(mut stream: R, trusted: &[PublicKey]) -> Result<Opened<R>, 
     }
     let mut sections = Vec::with_capacity(manifest.boot_files.len() + 1);
     for f in &manifest.boot_files {
-        let name = format!("boot file {}", f.name);
-        sections.push(Section::new(name, f.size, &f.chunk_blake3)?);
+        sections.push(Section::new(f.section_name(), f.size, &f.chunk_blake3)?);
     }
     let payload = &manifest.payload;
     sections.push(Section::new(
