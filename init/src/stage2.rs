@@ -414,8 +414,9 @@ fn repair_boot_partition(dev: &Path) {
 /// the node keeps its settings when the boot partition copy is removed.
 fn load_config() -> Config {
     let mut table = toml::Table::new();
-    if let Ok(text) = std::fs::read_to_string(PERSISTED_CONFIG) {
-        match config::parse_table(&text, PERSISTED_CONFIG) {
+    let persisted = std::fs::read_to_string(PERSISTED_CONFIG).ok();
+    if let Some(text) = &persisted {
+        match config::parse_table(text, PERSISTED_CONFIG) {
             Ok(t) => table = t,
             Err(e) => info!("ignoring {e}"),
         }
@@ -426,10 +427,16 @@ fn load_config() -> Config {
             Err(e) => info!("ignoring {e}"),
         }
     }
-    let _ = std::fs::write(
-        PERSISTED_CONFIG,
-        toml::to_string(&table).unwrap_or_default(),
-    );
+    // Saved only when it changed, and whole or not at all: a power cut while a boot wrote
+    // it in place left a truncated file, which the next boot ignored with everything in it.
+    let merged = toml::to_string(&table).unwrap_or_default();
+    if persisted.as_deref().unwrap_or_default() != merged {
+        if let Err(e) =
+            cairn_update::fsutil::replace_file(Path::new(PERSISTED_CONFIG), merged.as_bytes())
+        {
+            info!("saving {PERSISTED_CONFIG}: {e}");
+        }
+    }
     match config::from_table(table) {
         Ok(c) => c,
         Err(e) => {
