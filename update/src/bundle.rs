@@ -343,11 +343,8 @@ impl<R: Read> Opened<R> {
 
     /// Checks that nothing follows the last section.
     pub fn finish(mut self) -> Result<(), BundleError> {
-        if let Some(unread) = self.sections.get(self.next) {
-            return Err(BundleError::OutOfOrder {
-                wanted: "the end".into(),
-                next: unread.name.clone(),
-            });
+        if self.next < self.sections.len() {
+            return Err(self.out_of_order("the end"));
         }
         let mut extra = [0u8; 1];
         loop {
@@ -364,6 +361,17 @@ impl<R: Read> Opened<R> {
         }
     }
 
+    /// Why `wanted` cannot be read now: the stream carries the next section, or has ended.
+    fn out_of_order(&self, wanted: &str) -> BundleError {
+        BundleError::OutOfOrder {
+            wanted: wanted.to_string(),
+            next: self
+                .sections
+                .get(self.next)
+                .map_or_else(|| "nothing".into(), |s| s.name.clone()),
+        }
+    }
+
     /// Copies section `index` of `sections` (one per manifest entry, in stream order), which
     /// must be the next one in the stream.
     fn copy_section(
@@ -374,11 +382,7 @@ impl<R: Read> Opened<R> {
     ) -> Result<Copied, BundleError> {
         let section = &self.sections[index];
         if index != self.next {
-            let next = self.sections.get(self.next);
-            return Err(BundleError::OutOfOrder {
-                wanted: section.name.clone(),
-                next: next.map_or_else(|| "nothing".into(), |s| s.name.clone()),
-            });
+            return Err(self.out_of_order(&section.name));
         }
         self.next += 1;
         let size = section.size;
