@@ -11,7 +11,7 @@
 #[path = "../tests/common/containerd.rs"]
 mod containerd;
 
-use cairn_runtime::agent::client::{ApiClient, Reflector};
+use cairn_wire::client::{ApiClient, Reflector};
 use containerd::{busybox_archive, TestContainerd, BUSYBOX_REF};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
@@ -285,9 +285,9 @@ fn main() {
     println!("{}", serde_json::to_string_pretty(&result).expect("json"));
     drop(agent);
     // The agent leaves its bridge and table behind on purpose (pods outlive it); remove them.
-    let bridge = cairn_runtime::agent::cni::bridge_name_for("bench");
+    let bridge = cairn_agent::cni::bridge_name_for("bench");
     let _ = Command::new("ip").args(["link", "del", &bridge]).status();
-    let table = cairn_runtime::agent::proxy::table_name_for("bench");
+    let table = cairn_agent::proxy::table_name_for("bench");
     let _ = Command::new("nft")
         .args(["delete", "table", "ip", &table])
         .status();

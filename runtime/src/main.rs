@@ -1,8 +1,11 @@
 //! cairn: the node runtime. `cairn server` is the Kubernetes-compatible API server on a
 //! revisioned SQLite store (see ARCHITECTURE.md, Runtime design).
 
+mod update;
+
 use anyhow::Result;
-use cairn_runtime::{agent, server};
+use cairn_agent as agent;
+use cairn_server as server;
 use clap::{Parser, Subcommand};
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -89,7 +92,7 @@ enum UpdateCommand {
         #[arg(long)]
         reboot: bool,
         /// The public keys bundles may be signed with.
-        #[arg(long, default_value = cairn_runtime::update::KEYS_DIR)]
+        #[arg(long, default_value = crate::update::KEYS_DIR)]
         keys_dir: PathBuf,
     },
     /// Both slots: version, good/trial/bad/empty, which is booted and which boots next, and
@@ -283,7 +286,7 @@ fn run(cli: Cli) -> Result<()> {
             command,
         } => runtime()?.block_on(token_command(&kubeconfig, command)),
         Command::Update { command } => {
-            use cairn_runtime::update;
+            use crate::update;
             match command {
                 UpdateCommand::Install {
                     source,

@@ -5,7 +5,7 @@
 
 mod common;
 
-use cairn_runtime::agent::{cni, containerd::Containerd};
+use cairn_agent::{cni, containerd::Containerd};
 use common::containerd::{busybox_archive, TestContainerd};
 use common::Server;
 use serde_json::Value;
@@ -179,7 +179,7 @@ impl Drop for HostCleanup {
             .args(["link", "del", &bridge])
             .stderr(Stdio::null())
             .status();
-        let table = cairn_runtime::agent::proxy::table_name_for(&self.node);
+        let table = cairn_agent::proxy::table_name_for(&self.node);
         let _ = Command::new("nft")
             .args(["delete", "table", "ip", &table])
             .stderr(Stdio::null())
@@ -878,7 +878,7 @@ fn running_tasks(ctrd: &TestContainerd) -> Vec<String> {
             .await
             .expect("tasks")
             .into_iter()
-            .filter(|t| t.status == cairn_runtime::agent::containerd::TaskStatus::Running)
+            .filter(|t| t.status == cairn_agent::containerd::TaskStatus::Running)
             .map(|t| t.container_id)
             .collect()
     })

@@ -10,12 +10,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio as ProcStdio};
 use std::time::{Duration, Instant};
 
-use cairn_runtime::agent::containerd::{
+use cairn_agent::containerd::{
     make_fifos, open_fifo_reader, Containerd, Stdio, TaskExit, TaskStatus,
 };
-use cairn_runtime::agent::images::{
-    ensure_image, import_archive, import_dir, pull, ImageError, PullPolicy,
-};
+use cairn_agent::images::{ensure_image, import_archive, import_dir, pull, ImageError, PullPolicy};
 use common::containerd::{busybox_archive, TestContainerd, BUSYBOX_REF};
 use futures_util::StreamExt;
 use serde_json::json;

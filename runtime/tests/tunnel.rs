@@ -4,11 +4,10 @@
 mod common;
 
 use bytes::Bytes;
-use cairn_runtime::agent::join::{self, JoinError, Token};
-use cairn_runtime::agent::logs::{self, LogStream, ReadOptions};
-use cairn_runtime::agent::tunnel::{
-    self, ExecIo, ExecRequest, LogRequest, NodeStreams, StreamError,
-};
+use cairn_agent::logs::{self, LogStream, ReadOptions};
+use cairn_agent::tunnel::{self, ExecIo, NodeStreams};
+use cairn_wire::join::{self, JoinError, Token};
+use cairn_wire::tunnel::{ExecRequest, LogRequest, StreamError};
 use common::Server;
 use std::io::{Read, Write};
 use std::path::PathBuf;
@@ -345,7 +344,7 @@ fn join_then_logs_and_exec_through_the_tunnel() {
 
 #[test]
 fn bootstrap_tokens_through_the_admin_api() {
-    use cairn_runtime::server::tokens;
+    use cairn_server::tokens;
     let server = Server::start();
     let url = format!("https://127.0.0.1:{}", server.port);
     let rt = rt();

@@ -56,7 +56,7 @@ fn http(url: &str, rt: &tokio::runtime::Runtime) -> Result<ChannelReader, Source
         what,
     };
     let uri: hyper::Uri = url.parse().map_err(|e| bad(format!("not a URL: {e}")))?;
-    let tls = crate::agent::probes::insecure_tls_config().map_err(bad)?;
+    let tls = cairn_agent::probes::insecure_tls_config().map_err(bad)?;
     let connector = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config((*tls).clone())
         .https_or_http()

@@ -1,0 +1,1473 @@
+//! One generic REST handler for every kind in the resource table: get, list (selectors,
+//! limit/continue), watch, create, update, patch, delete.
+
+use super::apply;
+use super::fieldvalidation;
+use super::objects::{self, decode, encode, with_revision};
+use super::patch;
+use super::resources::Resource;
+use super::selectors::{FieldSelector, LabelSelector};
+use super::status::ApiError;
+use axum::body::Body;
+use axum::http::{header, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use cairn_store::{EventKind, Store, StoreError};
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The largest request body accepted, as kube-apiserver's limit.
+pub const MAX_BODY: usize = 3 * 1024 * 1024;
+
+/// One resource request, parsed from the URL.
+pub struct Target<'a> {
+    pub resource: &'static Resource,
+    pub namespace: Option<&'a str>,
+    pub name: Option<&'a str>,
+    pub subresource: Option<&'a str>,
+}
+
+pub struct Request<'a> {
+    pub method: Method,
+    pub target: Target<'a>,
+    pub query: HashMap<String, String>,
+    pub content_type: String,
+    /// The Accept header: GETs answer a Table when it asks for one (see `table::wants_table`).
+    pub accept: String,
+    pub body: bytes::Bytes,
+}
+
+fn json_response(code: StatusCode, v: &Value) -> Response {
+    (code, axum::Json(v)).into_response()
+}
+
+/// A store failure as the API reports it for `name` of resource `r`.
+pub(super) fn store_error(e: StoreError, r: &Resource, name: &str) -> ApiError {
+    match e {
+        StoreError::NotFound => ApiError::not_found(r.plural, r.group, name),
+        StoreError::AlreadyExists => ApiError::already_exists(r.plural, r.group, name),
+        StoreError::Conflict { .. } => ApiError::conflict(r.plural, r.group, name),
+        StoreError::Compacted { compacted } => ApiError::gone(format!(
+            "too old resource version (compacted to {compacted})"
+        )),
+        other => ApiError::internal(other.to_string()),
+    }
+}
+
+fn parse_body(req: &Request<'_>) -> Result<Value, ApiError> {
+    if req.body.is_empty() {
+        return Err(ApiError::bad_request("the request body is empty"));
+    }
+    let ct = req.content_type.split(';').next().unwrap_or("").trim();
+    if ct.contains("protobuf") {
+        return super::protobuf::decode(&req.body).map_err(|e| match e {
+            super::protobuf::ProtoError::UnsupportedKind(_) => {
+                ApiError::unsupported_media(e.to_string())
+            }
+            other => ApiError::bad_request(other.to_string()),
+        });
+    }
+    serde_json::from_slice(&req.body)
+        .map_err(|e| ApiError::bad_request(format!("the request body is not valid JSON: {e}")))
+}
+
+pub async fn handle(store: &Arc<dyn Store>, req: Request<'_>) -> Response {
+    match dispatch(store, req).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn dispatch(store: &Arc<dyn Store>, req: Request<'_>) -> Result<Response, ApiError> {
+    let t = &req.target;
+    // pods/log and pods/exec are routed to the node tunnels before this handler (api/mod.rs).
+    if matches!(t.subresource, Some("attach") | Some("portforward")) {
+        return Err(ApiError::unavailable(format!(
+            "pods/{} is not supported by this server yet; use exec",
+            t.subresource.unwrap_or_default()
+        )));
+    }
+    if t.resource.namespaced && t.namespace.is_none() && t.name.is_some() {
+        return Err(ApiError::not_found_path());
+    }
+    if let (Some("scale"), Some(name)) = (t.subresource, t.name) {
+        if !t.resource.subresources.contains(&"scale") {
+            return Err(ApiError::not_found_path());
+        }
+        return super::scale::handle(store, t, name, &req.method, &req.content_type, &req.body)
+            .await;
+    }
+    match (&req.method, t.name) {
+        (&Method::GET, None) => {
+            if is_true(req.query.get("watch")) {
+                watch(store, &req).await
+            } else {
+                list(store, &req).await
+            }
+        }
+        (&Method::POST, None) => create(store, &req).await,
+        (&Method::DELETE, None) => delete_collection(store, &req).await,
+        (&Method::GET, Some(name)) => get(store, &req, name).await,
+        (&Method::PUT, Some(name)) => update(store, &req, name).await,
+        (&Method::PATCH, Some(name)) => patch_object(store, &req, name).await,
+        (&Method::DELETE, Some(name)) => delete(store, &req, name).await,
+        _ => Err(ApiError::method_not_allowed()),
+    }
+}
+
+fn is_true(v: Option<&String>) -> bool {
+    matches!(v.map(String::as_str), Some("true") | Some("1"))
+}
+
+async fn get(store: &Arc<dyn Store>, req: &Request<'_>, name: &str) -> Result<Response, ApiError> {
+    let t = &req.target;
+    let r = t.resource;
+    let rec = store
+        .get(&r.key(t.namespace, name))
+        .await
+        .map_err(|e| store_error(e, r, name))?
+        .ok_or_else(|| ApiError::not_found(r.plural, r.group, name))?;
+    let obj = super::table::respond(t.resource, &req.accept, &req.query, decode_for(r, &rec)?);
+    Ok(json_response(StatusCode::OK, &obj))
+}
+
+struct Filters {
+    labels: Option<LabelSelector>,
+    fields: Option<FieldSelector>,
+}
+
+impl Filters {
+    fn parse(req: &Request<'_>) -> Result<Filters, ApiError> {
+        let labels = match req.query.get("labelSelector").filter(|s| !s.is_empty()) {
+            Some(s) => {
+                Some(LabelSelector::parse(s).map_err(|e| ApiError::bad_request(e.to_string()))?)
+            }
+            None => None,
+        };
+        let fields = match req.query.get("fieldSelector").filter(|s| !s.is_empty()) {
+            Some(s) => {
+                let f =
+                    FieldSelector::parse(s).map_err(|e| ApiError::bad_request(e.to_string()))?;
+                if let Some(bad) = f.fields().find(|f| !req.target.resource.supports_field(f)) {
+                    return Err(ApiError::bad_request(format!(
+                        "field label not supported: {bad}"
+                    )));
+                }
+                Some(f)
+            }
+            None => None,
+        };
+        Ok(Filters { labels, fields })
+    }
+
+    fn matches(&self, obj: &Value) -> bool {
+        if let Some(l) = &self.labels {
+            if !l.matches_object(obj) {
+                return false;
+            }
+        }
+        if let Some(f) = &self.fields {
+            if !f.matches(obj) {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct ContinueToken {
+    rv: i64,
+    start: String,
+}
+
+async fn list(store: &Arc<dyn Store>, req: &Request<'_>) -> Result<Response, ApiError> {
+    let r = req.target.resource;
+    let filters = Filters::parse(req)?;
+    let prefix = r.key_prefix(req.target.namespace);
+    let limit: usize = match req.query.get("limit") {
+        Some(l) => l
+            .parse()
+            .map_err(|_| ApiError::bad_request(format!("invalid limit {l:?}")))?,
+        None => 0,
+    };
+    let (at, start_after) = match req.query.get("continue").filter(|c| !c.is_empty()) {
+        Some(c) => {
+            let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(c)
+                .map_err(|_| ApiError::bad_request("invalid continue token"))?;
+            let tok: ContinueToken = serde_json::from_slice(&raw)
+                .map_err(|_| ApiError::bad_request("invalid continue token"))?;
+            (Some(tok.rv), Some(tok.start))
+        }
+        None => (None, None),
+    };
+    let result = store
+        .list(&prefix, start_after.as_deref(), limit, at)
+        .await
+        .map_err(|e| match e {
+            StoreError::Compacted { .. } => ApiError::gone(
+                "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter.",
+            ),
+            e => store_error(e, r, ""),
+        })?;
+    let mut items = Vec::with_capacity(result.records.len());
+    for rec in &result.records {
+        let obj = decode_for(r, rec)?;
+        if filters.matches(&obj) {
+            items.push(obj);
+        }
+    }
+    let mut metadata = json!({"resourceVersion": result.revision.to_string()});
+    if result.more {
+        if let Some(last) = result.records.last() {
+            let tok = ContinueToken {
+                rv: result.revision,
+                start: last.key.clone(),
+            };
+            let raw = serde_json::to_vec(&tok).map_err(|e| ApiError::internal(e.to_string()))?;
+            metadata["continue"] =
+                json!(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw));
+        }
+    }
+    let list = json!({
+        "kind": format!("{}List", r.kind),
+        "apiVersion": r.api_version(),
+        "metadata": metadata,
+        "items": items,
+    });
+    let list = super::table::respond(r, &req.accept, &req.query, list);
+    Ok(json_response(StatusCode::OK, &list))
+}
+
+fn watch_event(kind: &str, obj: &Value) -> bytes::Bytes {
+    let mut line = serde_json::to_vec(&json!({"type": kind, "object": obj})).unwrap_or_default();
+    line.push(b'\n');
+    bytes::Bytes::from(line)
+}
+
+async fn watch(store: &Arc<dyn Store>, req: &Request<'_>) -> Result<Response, ApiError> {
+    let r = req.target.resource;
+    let filters = Filters::parse(req)?;
+    let prefix = r.key_prefix(req.target.namespace);
+    let timeout = req
+        .query
+        .get("timeoutSeconds")
+        .and_then(|t| t.parse::<u64>().ok())
+        .map(Duration::from_secs)
+        .unwrap_or(Duration::from_secs(1800));
+    let bookmarks = is_true(req.query.get("allowWatchBookmarks"));
+    // kubectl get -w: every event's object is a one-row Table.
+    let as_table = super::table::wants_table(&req.accept).then(|| {
+        super::table::IncludeObject::from_query(req.query.get("includeObject").map(String::as_str))
+    });
+    let rv = req
+        .query
+        .get("resourceVersion")
+        .filter(|v| !v.is_empty() && *v != "0")
+        .map(|v| {
+            v.parse::<i64>()
+                .map_err(|_| ApiError::bad_request(format!("invalid resourceVersion {v:?}")))
+        })
+        .transpose()?;
+
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(64);
+    // Without a resourceVersion the watch starts with the current objects as ADDED events.
+    let mut initial = Vec::new();
+    let after = match rv {
+        Some(rv) => rv,
+        None => {
+            let listed = store
+                .list(&prefix, None, 0, None)
+                .await
+                .map_err(|e| store_error(e, r, ""))?;
+            for rec in &listed.records {
+                let obj = decode_for(r, rec)?;
+                if filters.matches(&obj) {
+                    initial.push(watch_event(
+                        "ADDED",
+                        &super::table::watch_object(r, as_table, &obj),
+                    ));
+                }
+            }
+            listed.revision
+        }
+    };
+    let events = match store.watch(&prefix, after).await {
+        Ok(rx) => Some(rx),
+        Err(StoreError::Compacted { .. }) => {
+            let status = ApiError::gone(format!("too old resource version: {after}")).to_status();
+            initial.push(watch_event("ERROR", &status));
+            None
+        }
+        Err(e) => return Err(store_error(e, r, "")),
+    };
+    let kind = r.kind;
+    let api_version = r.api_version();
+    tokio::spawn(async move {
+        for line in initial {
+            if tx.send(Ok(line)).await.is_err() {
+                return;
+            }
+        }
+        let Some(mut events) = events else { return };
+        let deadline = tokio::time::sleep(timeout);
+        tokio::pin!(deadline);
+        let mut last_rv = after;
+        let mut tick = tokio::time::interval(Duration::from_secs(10));
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                _ = &mut deadline => return,
+                _ = tick.tick(), if bookmarks => {
+                    let bm = json!({"kind": kind, "apiVersion": api_version, "metadata": {"resourceVersion": last_rv.to_string()}});
+                    if tx.send(Ok(watch_event("BOOKMARK", &bm))).await.is_err() { return; }
+                }
+                ev = events.recv() => {
+                    let Some(ev) = ev else {
+                        // The store dropped a watcher that fell behind: the client re-lists.
+                        let status = ApiError::gone("the watch fell behind; list again").to_status();
+                        let _ = tx.send(Ok(watch_event("ERROR", &status))).await;
+                        return;
+                    };
+                    last_rv = ev.record.revision;
+                    let Ok(cur) = decode_for(r, &ev.record) else { continue };
+                    let prev = ev.prev.as_ref().and_then(|p| decode_for(r, p).ok());
+                    let was = prev.as_ref().is_some_and(|p| filters.matches(p));
+                    let is = filters.matches(&cur);
+                    let kind = match ev.kind {
+                        EventKind::Delete if was || is => "DELETED",
+                        EventKind::Delete => continue,
+                        EventKind::Put => match (was, is) {
+                            (false, true) => "ADDED",
+                            (true, true) => "MODIFIED",
+                            (true, false) => "DELETED",
+                            (false, false) => continue,
+                        },
+                    };
+                    let cur = super::table::watch_object(r, as_table, &cur);
+                    if tx.send(Ok(watch_event(kind, &cur))).await.is_err() { return; }
+                }
+            }
+        }
+    });
+    let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::CACHE_CONTROL, "no-cache, private")
+        .body(Body::from_stream(stream))
+        .map_err(|e| ApiError::internal(e.to_string()))
+}
+
+/// Checks apiVersion/kind/namespace of a submitted object and fills them in when absent.
+fn check_identity(obj: &mut Value, req: &Request<'_>) -> Result<(), ApiError> {
+    let r = req.target.resource;
+    if !obj.is_object() {
+        return Err(ApiError::bad_request(
+            "the request body must be a JSON object",
+        ));
+    }
+    let api_version = r.api_version();
+    match obj["kind"].as_str() {
+        Some(k) if k != r.kind => {
+            return Err(ApiError::bad_request(format!(
+                "the kind {k:?} does not match the resource {} (kind {:?})",
+                r.plural, r.kind
+            )))
+        }
+        _ => obj["kind"] = json!(r.kind),
+    }
+    match obj["apiVersion"].as_str() {
+        Some(v) if v != api_version => {
+            return Err(ApiError::bad_request(format!(
+                "the apiVersion {v:?} does not match {api_version:?} for {}",
+                r.plural
+            )))
+        }
+        _ => obj["apiVersion"] = json!(api_version),
+    }
+    if !obj["metadata"].is_object() {
+        obj["metadata"] = json!({});
+    }
+    if r.namespaced {
+        let ns = req.target.namespace.unwrap_or("default");
+        match obj["metadata"]["namespace"].as_str().filter(|n| !n.is_empty()) {
+            Some(n) if n != ns => {
+                return Err(ApiError::bad_request(
+                    "the namespace of the provided object does not match the namespace sent on the request",
+                ))
+            }
+            _ => obj["metadata"]["namespace"] = json!(ns),
+        }
+    } else if let Some(m) = obj["metadata"].as_object_mut() {
+        m.remove("namespace");
+    }
+    Ok(())
+}
+
+fn validate(obj: &Value, r: &Resource) -> Result<(), ApiError> {
+    let name = objects::name_of(obj).unwrap_or_default();
+    let mut causes = Vec::new();
+    if !objects::valid_name(name) {
+        causes.push((
+            "metadata.name".to_string(),
+            format!("Invalid value: {name:?}: a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character"),
+        ));
+    }
+    for (field, v) in [
+        ("metadata.labels", &obj["metadata"]["labels"]),
+        ("metadata.annotations", &obj["metadata"]["annotations"]),
+    ] {
+        if let Some(map) = v.as_object() {
+            if map.values().any(|x| !x.is_string()) {
+                causes.push((
+                    field.to_string(),
+                    "Invalid value: values must be strings".to_string(),
+                ));
+            }
+        } else if !v.is_null() {
+            causes.push((
+                field.to_string(),
+                "Invalid value: must be a map of strings".to_string(),
+            ));
+        }
+    }
+    if causes.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(r.kind, r.group, name, causes))
+    }
+}
+
+/// Fields the server owns on creation.
+fn prepare_new(obj: &mut Value, r: &Resource) {
+    let m = &mut obj["metadata"];
+    m["uid"] = json!(objects::new_uid());
+    m["creationTimestamp"] = json!(cairn_wire::time::now_rfc3339());
+    if let Some(map) = m.as_object_mut() {
+        map.remove("resourceVersion");
+        map.remove("deletionTimestamp");
+        map.remove("selfLink");
+    }
+    if obj.get("spec").is_some() {
+        obj["metadata"]["generation"] = json!(1);
+    }
+    if r.kind == "Namespace" && r.group.is_empty() {
+        obj["spec"]["finalizers"] = json!(["kubernetes"]);
+        obj["status"] = json!({"phase": "Active"});
+    }
+    if r.kind == "Pod" && r.group.is_empty() {
+        if !obj["status"].is_object() {
+            obj["status"] = json!({});
+        }
+        if !obj["status"]["phase"].is_string() {
+            obj["status"]["phase"] = json!("Pending");
+        }
+        if !obj["status"]["qosClass"].is_string() {
+            obj["status"]["qosClass"] = json!(qos_class(&obj["spec"]));
+        }
+    }
+}
+
+/// The namespace object `ns`, if it exists.
+async fn namespace_object(store: &Arc<dyn Store>, ns: &str) -> Result<Option<Value>, ApiError> {
+    let key = super::resources::find("", "v1", "namespaces")
+        .map(|n| n.key(None, ns))
+        .unwrap_or_default();
+    match store
+        .get(&key)
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?
+    {
+        Some(rec) => Ok(Some(decode(&rec)?)),
+        None => Ok(None),
+    }
+}
+
+/// The quality-of-service class kube derives from a pod's requests and limits.
+fn qos_class(spec: &Value) -> &'static str {
+    let containers: Vec<&Value> = ["containers", "initContainers"]
+        .iter()
+        .filter_map(|f| spec[*f].as_array())
+        .flatten()
+        .collect();
+    let mut any = false;
+    let mut guaranteed = true;
+    for c in &containers {
+        let requests = c["resources"]["requests"].as_object();
+        let limits = c["resources"]["limits"].as_object();
+        let is_compute = |k: &String| k == "cpu" || k == "memory";
+        if requests.is_some_and(|r| r.keys().any(is_compute))
+            || limits.is_some_and(|l| l.keys().any(is_compute))
+        {
+            any = true;
+        }
+        for res in ["cpu", "memory"] {
+            let limit = limits.and_then(|l| l.get(res));
+            let request = requests.and_then(|r| r.get(res));
+            match (limit, request) {
+                (Some(l), Some(r)) if l == r => {}
+                (Some(_), None) => {}
+                _ => guaranteed = false,
+            }
+        }
+    }
+    if !any {
+        "BestEffort"
+    } else if guaranteed {
+        "Guaranteed"
+    } else {
+        "Burstable"
+    }
+}
+
+async fn create(store: &Arc<dyn Store>, req: &Request<'_>) -> Result<Response, ApiError> {
+    let r = req.target.resource;
+    let mut obj = parse_body(req)?;
+    check_identity(&mut obj, req)?;
+    let named = obj["metadata"]["name"]
+        .as_str()
+        .filter(|n| !n.is_empty())
+        .map(str::to_string);
+    let name = match named {
+        Some(n) => n,
+        None => match obj["metadata"]["generateName"].as_str() {
+            Some(prefix) => objects::generated_name(prefix),
+            None => {
+                return Err(ApiError::invalid(
+                    r.kind,
+                    r.group,
+                    "",
+                    vec![(
+                        "metadata.name".into(),
+                        "Required value: name or generateName is required".into(),
+                    )],
+                ))
+            }
+        },
+    };
+    obj["metadata"]["name"] = json!(name);
+    let checked = fieldvalidation::check(r.group, r.kind, &obj, field_mode(req)?)?;
+    obj = checked.object;
+    validate(&obj, r)?;
+    if let Some(ns) = req.target.namespace.filter(|_| r.namespaced) {
+        match namespace_object(store, ns).await? {
+            None => return Err(ApiError::not_found("namespaces", "", ns)),
+            Some(n)
+                if n["metadata"]["deletionTimestamp"].is_string()
+                    || n["status"]["phase"] == "Terminating" =>
+            {
+                return Err(ApiError::forbidden(
+                    r.plural,
+                    r.group,
+                    &name,
+                    format!("{} \"{name}\" is forbidden: unable to create new content in namespace {ns} because it is being terminated", super::status::qualified(r.plural, r.group)),
+                ));
+            }
+            Some(_) => {}
+        }
+    }
+    prepare_new(&mut obj, r);
+    if req.content_type != apply::APPLY_CONTENT_TYPE {
+        let (manager, version) = (apply::manager(&req.query), r.api_version());
+        apply::record_update(r.kind, r.custom, &version, None, None, &mut obj, &manager);
+    }
+    let is_crd = super::crd::is_crd(r);
+    if is_crd {
+        super::crd::validate(&obj)?;
+        super::crd::set_status(&mut obj);
+    }
+    if req.query.get("dryRun").is_some_and(|d| d == "All") {
+        return Ok(json_response(StatusCode::CREATED, &obj));
+    }
+    let rec = store
+        .create(&r.key(req.target.namespace, &name), encode(&obj)?)
+        .await
+        .map_err(|e| store_error(e, r, &name))?;
+    if is_crd {
+        super::crd::register(&obj);
+    }
+    Ok(with_warnings(
+        json_response(StatusCode::CREATED, &with_revision(obj, rec.revision)),
+        &checked.warnings,
+    ))
+}
+
+/// `fieldValidation` of this request (kube-apiserver's default is Warn).
+fn field_mode(req: &Request<'_>) -> Result<fieldvalidation::Mode, ApiError> {
+    fieldvalidation::Mode::from_query(req.query.get("fieldValidation").map(String::as_str))
+}
+
+/// Adds one `Warning` header per message, as kube-apiserver reports unknown fields.
+fn with_warnings(mut resp: Response, warnings: &[String]) -> Response {
+    for w in warnings {
+        if let Ok(v) = header::HeaderValue::from_str(&fieldvalidation::warning_header(w)) {
+            resp.headers_mut().append(header::WARNING, v);
+        }
+    }
+    resp
+}
+
+/// Keeps what a client may not change on update.
+fn carry_over(new: &mut Value, old: &Value) {
+    for f in [
+        "uid",
+        "creationTimestamp",
+        "deletionTimestamp",
+        "deletionGracePeriodSeconds",
+    ] {
+        match old["metadata"].get(f) {
+            Some(v) => new["metadata"][f] = v.clone(),
+            None => {
+                if let Some(m) = new["metadata"].as_object_mut() {
+                    m.remove(f);
+                }
+            }
+        }
+    }
+    let generation = old["metadata"]["generation"].as_i64().unwrap_or(0);
+    if new.get("spec").is_some() {
+        let changed = new.get("spec") != old.get("spec");
+        new["metadata"]["generation"] = json!(if changed {
+            generation + 1
+        } else {
+            generation.max(1)
+        });
+    }
+}
+
+/// Writes `obj` over `old` with compare-and-swap on `expected`; status-only and main-resource
+/// updates keep each other's parts.
+async fn write_update(
+    store: &Arc<dyn Store>,
+    req: &Request<'_>,
+    name: &str,
+    mut obj: Value,
+    old: &Value,
+    expected: i64,
+) -> Result<Response, ApiError> {
+    let r = req.target.resource;
+    match req.target.subresource {
+        Some("status") => {
+            // Only status changes through /status.
+            let status = obj.get("status").cloned().unwrap_or(Value::Null);
+            obj = old.clone();
+            obj["status"] = status;
+        }
+        Some("finalize") if r.kind == "Namespace" && r.group.is_empty() => {
+            // Only spec.finalizers changes through /finalize.
+            let finalizers = obj["spec"]["finalizers"].clone();
+            obj = old.clone();
+            obj["spec"]["finalizers"] = finalizers;
+        }
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "the subresource {other:?} cannot be updated here"
+            )))
+        }
+        None => {
+            if old.get("status").is_some() && r.subresources.contains(&"status") {
+                obj["status"] = old["status"].clone();
+            }
+        }
+    }
+    if req.content_type != apply::APPLY_CONTENT_TYPE {
+        let manager = apply::manager(&req.query);
+        let (kind, version) = (r.kind, r.api_version());
+        let sub = req.target.subresource;
+        apply::record_update(kind, r.custom, &version, sub, Some(old), &mut obj, &manager);
+    }
+    carry_over(&mut obj, old);
+    let checked = fieldvalidation::check(r.group, r.kind, &obj, field_mode(req)?)?;
+    let mut obj = checked.object;
+    validate(&obj, r)?;
+    let is_crd = super::crd::is_crd(r);
+    if is_crd {
+        super::crd::validate(&obj)?;
+        super::crd::set_status(&mut obj);
+    }
+    if objects::name_of(&obj) != Some(name) {
+        return Err(ApiError::bad_request(format!(
+            "the name of the object ({}) does not match the name on the URL ({name})",
+            objects::name_of(&obj).unwrap_or_default()
+        )));
+    }
+    if req.query.get("dryRun").is_some_and(|d| d == "All") {
+        return Ok(json_response(StatusCode::OK, &with_revision(obj, expected)));
+    }
+    // The last finalizer of an object being deleted is gone: the object goes, as in kube.
+    // A namespace also waits for its spec.finalizers (the namespace controller's).
+    let no_finalizers = obj["metadata"]["finalizers"]
+        .as_array()
+        .is_none_or(|f| f.is_empty())
+        && (r.kind != "Namespace"
+            || !r.group.is_empty()
+            || obj["spec"]["finalizers"]
+                .as_array()
+                .is_none_or(|f| f.is_empty()));
+    if old["metadata"]["deletionTimestamp"].is_string()
+        && no_finalizers
+        && old["metadata"]["deletionGracePeriodSeconds"]
+            .as_i64()
+            .is_none_or(|g| g == 0)
+    {
+        let rec = store
+            .delete(&r.key(req.target.namespace, name), Some(expected))
+            .await
+            .map_err(|e| store_error(e, r, name))?;
+        if is_crd {
+            super::crd::removed(store, &obj).await?;
+        }
+        return Ok(json_response(
+            StatusCode::OK,
+            &with_revision(obj, rec.revision),
+        ));
+    }
+    let rec = store
+        .update(&r.key(req.target.namespace, name), encode(&obj)?, expected)
+        .await
+        .map_err(|e| store_error(e, r, name))?;
+    if is_crd {
+        super::crd::register(&obj);
+    }
+    Ok(with_warnings(
+        json_response(StatusCode::OK, &with_revision(obj, rec.revision)),
+        &checked.warnings,
+    ))
+}
+
+/// A stored object as `r` serves it: a custom object stored through another version of its
+/// CRD is shown with this version's apiVersion (CRDs here have no conversion webhooks).
+fn decode_for(r: &Resource, rec: &cairn_store::Record) -> Result<Value, ApiError> {
+    let mut obj = decode(rec)?;
+    if r.custom && obj.is_object() {
+        obj["apiVersion"] = json!(r.api_version());
+    }
+    Ok(obj)
+}
+
+async fn current(
+    store: &Arc<dyn Store>,
+    t: &Target<'_>,
+    name: &str,
+) -> Result<Option<(Value, i64)>, ApiError> {
+    let r = t.resource;
+    match store.get(&r.key(t.namespace, name)).await {
+        Ok(Some(rec)) => Ok(Some((decode_for(r, &rec)?, rec.revision))),
+        Ok(None) => Ok(None),
+        Err(e) => Err(store_error(e, r, name)),
+    }
+}
+
+async fn update(
+    store: &Arc<dyn Store>,
+    req: &Request<'_>,
+    name: &str,
+) -> Result<Response, ApiError> {
+    let r = req.target.resource;
+    let mut obj = parse_body(req)?;
+    check_identity(&mut obj, req)?;
+    let (old, rev) = current(store, &req.target, name)
+        .await?
+        .ok_or_else(|| ApiError::not_found(r.plural, r.group, name))?;
+    let expected = match obj["metadata"]["resourceVersion"].as_str() {
+        Some(v) => v
+            .parse::<i64>()
+            .map_err(|_| ApiError::bad_request(format!("invalid resourceVersion {v:?}")))?,
+        None => rev,
+    };
+    if expected != rev {
+        return Err(ApiError::conflict(r.plural, r.group, name));
+    }
+    write_update(store, req, name, obj, &old, expected).await
+}
+
+async fn patch_object(
+    store: &Arc<dyn Store>,
+    req: &Request<'_>,
+    name: &str,
+) -> Result<Response, ApiError> {
+    let r = req.target.resource;
+    let ct = req
+        .content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_string();
+    let body = parse_body(req)?;
+    let is_apply = ct == apply::APPLY_CONTENT_TYPE;
+    if is_apply && req.query.get("fieldManager").is_none_or(|m| m.is_empty()) {
+        return Err(ApiError::bad_request(
+            "PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch",
+        ));
+    }
+    let apply_req = apply::ApplyRequest {
+        kind: r.kind,
+        group: r.group,
+        custom: r.custom,
+        api_version: &r.api_version(),
+        manager: req.query.get("fieldManager").map_or("", String::as_str),
+        force: is_true(req.query.get("force")),
+    };
+    // A conflicting writer between our read and write is retried, as kube-apiserver does.
+    for _ in 0..5 {
+        let existing = current(store, &req.target, name).await?;
+        let (old, rev) = match existing {
+            Some(x) => x,
+            None if ct == "application/apply-patch+yaml" => {
+                // Server-side apply of a missing object creates it.
+                let create_req = Request {
+                    method: Method::POST,
+                    target: Target {
+                        name: None,
+                        ..req.target.clone_ref()
+                    },
+                    query: req.query.clone(),
+                    content_type: apply::APPLY_CONTENT_TYPE.into(),
+                    accept: String::new(),
+                    body: encode(&apply::apply(&apply_req, None, &body)?)?.into(),
+                };
+                return create(store, &create_req).await;
+            }
+            None => return Err(ApiError::not_found(r.plural, r.group, name)),
+        };
+        let patched = match ct.as_str() {
+            "application/merge-patch+json" => patch::merge_patch(&old, &body),
+            "application/json-patch+json" => patch::json_patch(&old, &body)
+                .map_err(|e| ApiError::invalid(r.kind, r.group, name, vec![("patch".into(), e.to_string())]))?,
+            "application/strategic-merge-patch+json" if r.custom => {
+                // As kube-apiserver: custom resources have no strategic merge keys.
+                return Err(ApiError::unsupported_media(
+                    "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml",
+                ));
+            }
+            apply::APPLY_CONTENT_TYPE => apply::apply(&apply_req, Some(&old), &body)?,
+            "application/strategic-merge-patch+json" => {
+                patch::strategic_merge_patch_for(r.kind, &old, &body)
+                    .map_err(|e| ApiError::invalid(r.kind, r.group, name, vec![("patch".into(), e.to_string())]))?
+            }
+            other => {
+                return Err(ApiError::unsupported_media(format!(
+                    "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml, application/strategic-merge-patch+json (got {other:?})"
+                )))
+            }
+        };
+        let mut patched = patched;
+        let sub_req = Request {
+            method: Method::PUT,
+            target: req.target.clone_ref(),
+            query: req.query.clone(),
+            content_type: ct.clone(),
+            accept: String::new(),
+            body: bytes::Bytes::new(),
+        };
+        check_identity(&mut patched, &sub_req)?;
+        match write_update(store, &sub_req, name, patched, &old, rev).await {
+            Err(e) if e.reason == "Conflict" => continue,
+            other => return other,
+        }
+    }
+    Err(ApiError::conflict(r.plural, r.group, name))
+}
+
+impl Target<'_> {
+    fn clone_ref(&self) -> Target<'_> {
+        Target {
+            resource: self.resource,
+            namespace: self.namespace,
+            name: self.name,
+            subresource: self.subresource,
+        }
+    }
+}
+
+async fn delete(
+    store: &Arc<dyn Store>,
+    req: &Request<'_>,
+    name: &str,
+) -> Result<Response, ApiError> {
+    let (code, obj) = delete_one(store, req, name).await?;
+    Ok(json_response(code, &obj))
+}
+
+/// Deletes (or marks for deletion) one object; the status code and the object.
+async fn delete_one(
+    store: &Arc<dyn Store>,
+    req: &Request<'_>,
+    name: &str,
+) -> Result<(StatusCode, Value), ApiError> {
+    let r = req.target.resource;
+    let (old, rev) = current(store, &req.target, name)
+        .await?
+        .ok_or_else(|| ApiError::not_found(r.plural, r.group, name))?;
+    let options: Value = if req.body.is_empty() {
+        json!({})
+    } else {
+        serde_json::from_slice(&req.body)
+            .map_err(|e| ApiError::bad_request(format!("invalid DeleteOptions: {e}")))?
+    };
+    if let Some(pre) = options["preconditions"]["resourceVersion"].as_str() {
+        if pre != rev.to_string() {
+            return Err(ApiError::conflict(r.plural, r.group, name));
+        }
+    }
+    let policy = propagation_policy(req, &options)?;
+    let mut finalizers: Vec<Value> = old["metadata"]["finalizers"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let policy_finalizer = match policy {
+        Propagation::Orphan => Some(ORPHAN_FINALIZER),
+        Propagation::Foreground => Some(FOREGROUND_FINALIZER),
+        Propagation::Background | Propagation::Default => None,
+    };
+    if let Some(f) = policy_finalizer {
+        if !finalizers.iter().any(|x| x == f) {
+            finalizers.push(json!(f));
+        }
+        // The policies exclude each other: the last one asked for wins.
+        let other = if f == ORPHAN_FINALIZER {
+            FOREGROUND_FINALIZER
+        } else {
+            ORPHAN_FINALIZER
+        };
+        finalizers.retain(|x| x != other);
+    } else if policy == Propagation::Background {
+        finalizers.retain(|x| x != ORPHAN_FINALIZER && x != FOREGROUND_FINALIZER);
+    }
+    // A namespace is emptied by the namespace controller first; once it removed its
+    // `kubernetes` finalizer, a DELETE removes the namespace.
+    let is_namespace = r.kind == "Namespace"
+        && r.group.is_empty()
+        && !(old["metadata"]["deletionTimestamp"].is_string()
+            && old["spec"]["finalizers"]
+                .as_array()
+                .is_none_or(|f| f.is_empty()));
+    // A pod bound to a node is stopped by that node's agent before it disappears.
+    let grace = options["gracePeriodSeconds"]
+        .as_i64()
+        .or_else(|| {
+            req.query
+                .get("gracePeriodSeconds")
+                .and_then(|g| g.parse().ok())
+        })
+        .or_else(|| old["spec"]["terminationGracePeriodSeconds"].as_i64())
+        .unwrap_or(30);
+    let graceful = r.kind == "Pod" && old["spec"]["nodeName"].is_string() && grace > 0;
+    if !finalizers.is_empty() || graceful || is_namespace {
+        let already = old["metadata"]["deletionTimestamp"].is_string();
+        let unchanged_finalizers = old["metadata"]["finalizers"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+            == finalizers.as_slice();
+        if already && unchanged_finalizers {
+            let code = if is_namespace {
+                StatusCode::OK
+            } else {
+                StatusCode::ACCEPTED
+            };
+            return Ok((code, old));
+        }
+        let mut marked = old.clone();
+        if !already {
+            marked["metadata"]["deletionTimestamp"] = json!(cairn_wire::time::now_rfc3339());
+            marked["metadata"]["deletionGracePeriodSeconds"] =
+                json!(if graceful { grace } else { 0 });
+        }
+        if finalizers.is_empty() {
+            if let Some(m) = marked["metadata"].as_object_mut() {
+                m.remove("finalizers");
+            }
+        } else {
+            marked["metadata"]["finalizers"] = Value::Array(finalizers);
+        }
+        if is_namespace {
+            // The namespace controller empties it, then removes the `kubernetes` finalizer.
+            marked["status"]["phase"] = json!("Terminating");
+        }
+        let rec = store
+            .update(&r.key(req.target.namespace, name), encode(&marked)?, rev)
+            .await
+            .map_err(|e| store_error(e, r, name))?;
+        let code = if is_namespace {
+            StatusCode::OK
+        } else {
+            StatusCode::ACCEPTED
+        };
+        return Ok((code, with_revision(marked, rec.revision)));
+    }
+    let rec = store
+        .delete(&r.key(req.target.namespace, name), Some(rev))
+        .await
+        .map_err(|e| store_error(e, r, name))?;
+    if super::crd::is_crd(r) {
+        super::crd::removed(store, &old).await?;
+    }
+    Ok((StatusCode::OK, with_revision(old, rec.revision)))
+}
+
+const ORPHAN_FINALIZER: &str = "orphan";
+const FOREGROUND_FINALIZER: &str = "foregroundDeletion";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Propagation {
+    /// Nothing asked: the kind's default (background for every kind served here).
+    Default,
+    Orphan,
+    Background,
+    Foreground,
+}
+
+/// `propagationPolicy` (body or query) or the legacy `orphanDependents`.
+fn propagation_policy(req: &Request<'_>, options: &Value) -> Result<Propagation, ApiError> {
+    let policy = options["propagationPolicy"]
+        .as_str()
+        .map(str::to_string)
+        .or_else(|| req.query.get("propagationPolicy").cloned());
+    let orphan = options["orphanDependents"].as_bool().or_else(|| {
+        match req.query.get("orphanDependents").map(String::as_str) {
+            Some("true") | Some("1") => Some(true),
+            Some("false") | Some("0") => Some(false),
+            _ => None,
+        }
+    });
+    match (policy.as_deref(), orphan) {
+        (Some(_), Some(_)) => Err(ApiError::invalid(
+            "DeleteOptions",
+            "",
+            "",
+            vec![(
+                "propagationPolicy".into(),
+                "Invalid value: orphanDependents and deletionPropagation cannot be both set".into(),
+            )],
+        )),
+        (Some("Orphan"), None) => Ok(Propagation::Orphan),
+        (Some("Background"), None) => Ok(Propagation::Background),
+        (Some("Foreground"), None) => Ok(Propagation::Foreground),
+        (Some(other), None) => Err(ApiError::invalid(
+            "DeleteOptions",
+            "",
+            "",
+            vec![(
+                "propagationPolicy".into(),
+                format!("Unsupported value: {other:?}: supported values: \"Foreground\", \"Background\", \"Orphan\", \"nil\""),
+            )],
+        )),
+        (None, Some(true)) => Ok(Propagation::Orphan),
+        (None, Some(false)) => Ok(Propagation::Background),
+        (None, None) => Ok(Propagation::Default),
+    }
+}
+
+async fn delete_collection(
+    store: &Arc<dyn Store>,
+    req: &Request<'_>,
+) -> Result<Response, ApiError> {
+    let r = req.target.resource;
+    let filters = Filters::parse(req)?;
+    let listed = store
+        .list(&r.key_prefix(req.target.namespace), None, 0, None)
+        .await
+        .map_err(|e| store_error(e, r, ""))?;
+    let mut items = Vec::new();
+    for rec in &listed.records {
+        let obj = decode_for(r, rec)?;
+        if !filters.matches(&obj) {
+            continue;
+        }
+        // Each object goes as a DELETE of it would: finalizers and propagation included.
+        let name = objects::name_of(&obj).unwrap_or_default().to_string();
+        let namespace = obj["metadata"]["namespace"].as_str().map(str::to_string);
+        let one = Request {
+            method: Method::DELETE,
+            target: Target {
+                resource: r,
+                namespace: namespace.as_deref(),
+                name: Some(&name),
+                subresource: None,
+            },
+            query: req.query.clone(),
+            content_type: req.content_type.clone(),
+            accept: String::new(),
+            body: req.body.clone(),
+        };
+        match delete_one(store, &one, &name).await {
+            Ok((_, gone)) => items.push(gone),
+            Err(e) if e.code == StatusCode::NOT_FOUND => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({"kind": format!("{}List", r.kind), "apiVersion": r.api_version(), "metadata": {}, "items": items}),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resources::find;
+    use cairn_store::SqliteStore;
+
+    #[allow(clippy::too_many_arguments)]
+    async fn call(
+        store: &Arc<dyn Store>,
+        method: Method,
+        plural: (&str, &str),
+        namespace: Option<&str>,
+        name: Option<&str>,
+        query: &[(&str, &str)],
+        ct: &str,
+        body: Value,
+    ) -> (StatusCode, Value) {
+        let resp = handle(
+            store,
+            Request {
+                method,
+                target: Target {
+                    resource: find(plural.0, "v1", plural.1).unwrap(),
+                    namespace,
+                    // "name/subresource"
+                    name: name.map(|n| n.split('/').next().unwrap_or(n)),
+                    subresource: name.and_then(|n| n.split('/').nth(1)),
+                },
+                query: query
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+                content_type: ct.into(),
+                accept: String::new(),
+                body: if body.is_null() {
+                    bytes::Bytes::new()
+                } else {
+                    bytes::Bytes::from(body.to_string())
+                },
+            },
+        )
+        .await;
+        let code = resp.status();
+        let bytes = http_body_util::BodyExt::collect(resp.into_body())
+            .await
+            .unwrap()
+            .to_bytes();
+        (code, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    }
+
+    const JSON: &str = "application/json";
+    const CM: (&str, &str) = ("", "configmaps");
+
+    #[tokio::test]
+    async fn deletion_semantics() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.path().join("s.db")).unwrap());
+        let ns = ("", "namespaces");
+        let (c, _) = call(
+            &store,
+            Method::POST,
+            ns,
+            None,
+            None,
+            &[],
+            JSON,
+            json!({"metadata": {"name": "t"}}),
+        )
+        .await;
+        assert_eq!(c, StatusCode::CREATED);
+        for n in ["a", "b", "c"] {
+            let (c, _) = call(
+                &store,
+                Method::POST,
+                CM,
+                Some("t"),
+                None,
+                &[],
+                JSON,
+                json!({"metadata": {"name": n}}),
+            )
+            .await;
+            assert_eq!(c, StatusCode::CREATED);
+        }
+        // Orphan (body) and Foreground (query) add their finalizers and keep the object.
+        let (c, o) = call(
+            &store,
+            Method::DELETE,
+            CM,
+            Some("t"),
+            Some("a"),
+            &[],
+            JSON,
+            json!({"propagationPolicy": "Orphan"}),
+        )
+        .await;
+        assert_eq!(c, StatusCode::ACCEPTED);
+        assert_eq!(o["metadata"]["finalizers"], json!(["orphan"]));
+        assert!(o["metadata"]["deletionTimestamp"].is_string());
+        let (_, o) = call(
+            &store,
+            Method::DELETE,
+            CM,
+            Some("t"),
+            Some("b"),
+            &[("propagationPolicy", "Foreground")],
+            JSON,
+            Value::Null,
+        )
+        .await;
+        assert_eq!(o["metadata"]["finalizers"], json!(["foregroundDeletion"]));
+        let (_, o) = call(
+            &store,
+            Method::DELETE,
+            CM,
+            Some("t"),
+            Some("c"),
+            &[],
+            JSON,
+            json!({"orphanDependents": true}),
+        )
+        .await;
+        assert_eq!(o["metadata"]["finalizers"], json!(["orphan"]));
+        // Removing the last finalizer of an object being deleted deletes it.
+        let (c, _) = call(
+            &store,
+            Method::PATCH,
+            CM,
+            Some("t"),
+            Some("a"),
+            &[],
+            "application/merge-patch+json",
+            json!({"metadata": {"finalizers": null}}),
+        )
+        .await;
+        assert_eq!(c, StatusCode::OK);
+        let (c, _) = call(
+            &store,
+            Method::GET,
+            CM,
+            Some("t"),
+            Some("a"),
+            &[],
+            JSON,
+            Value::Null,
+        )
+        .await;
+        assert_eq!(c, StatusCode::NOT_FOUND);
+        let (_, mut b) = call(
+            &store,
+            Method::GET,
+            CM,
+            Some("t"),
+            Some("b"),
+            &[],
+            JSON,
+            Value::Null,
+        )
+        .await;
+        b["metadata"]["finalizers"] = json!([]);
+        let (c, _) = call(&store, Method::PUT, CM, Some("t"), Some("b"), &[], JSON, b).await;
+        assert_eq!(c, StatusCode::OK);
+        let (c, _) = call(
+            &store,
+            Method::GET,
+            CM,
+            Some("t"),
+            Some("b"),
+            &[],
+            JSON,
+            Value::Null,
+        )
+        .await;
+        assert_eq!(c, StatusCode::NOT_FOUND);
+        // A namespace is marked Terminating, keeps its contents, and refuses new ones.
+        let (c, o) = call(
+            &store,
+            Method::DELETE,
+            ns,
+            None,
+            Some("t"),
+            &[],
+            JSON,
+            Value::Null,
+        )
+        .await;
+        assert_eq!(c, StatusCode::OK);
+        assert_eq!(o["status"]["phase"], "Terminating");
+        assert_eq!(o["spec"]["finalizers"], json!(["kubernetes"]));
+        let (c, _) = call(
+            &store,
+            Method::GET,
+            CM,
+            Some("t"),
+            Some("c"),
+            &[],
+            JSON,
+            Value::Null,
+        )
+        .await;
+        assert_eq!(c, StatusCode::OK);
+        let (c, o) = call(
+            &store,
+            Method::POST,
+            CM,
+            Some("t"),
+            None,
+            &[],
+            JSON,
+            json!({"metadata": {"name": "d"}}),
+        )
+        .await;
+        assert_eq!(c, StatusCode::FORBIDDEN);
+        assert_eq!(o["message"], "configmaps \"d\" is forbidden: unable to create new content in namespace t because it is being terminated");
+        // Other updates keep it; /finalize without the `kubernetes` finalizer removes it.
+        let (c, _) = call(
+            &store,
+            Method::PATCH,
+            ns,
+            None,
+            Some("t"),
+            &[],
+            "application/merge-patch+json",
+            json!({"metadata": {"labels": {"a": "b"}}}),
+        )
+        .await;
+        assert_eq!(c, StatusCode::OK);
+        let (c, _) = call(
+            &store,
+            Method::GET,
+            ns,
+            None,
+            Some("t"),
+            &[],
+            JSON,
+            Value::Null,
+        )
+        .await;
+        assert_eq!(c, StatusCode::OK);
+        let (_, mut t) = call(
+            &store,
+            Method::GET,
+            ns,
+            None,
+            Some("t"),
+            &[],
+            JSON,
+            Value::Null,
+        )
+        .await;
+        t["spec"]["finalizers"] = json!([]);
+        let (c, _) = call(
+            &store,
+            Method::PUT,
+            ns,
+            None,
+            Some("t/finalize"),
+            &[],
+            JSON,
+            t,
+        )
+        .await;
+        assert_eq!(c, StatusCode::OK);
+        let (c, _) = call(
+            &store,
+            Method::GET,
+            ns,
+            None,
+            Some("t"),
+            &[],
+            JSON,
+            Value::Null,
+        )
+        .await;
+        assert_eq!(c, StatusCode::NOT_FOUND);
+        // Background deletes at once; a pod gets its phase and QoS class.
+        let (c, _) = call(
+            &store,
+            Method::POST,
+            CM,
+            Some("default"),
+            None,
+            &[],
+            JSON,
+            json!({"metadata": {"name": "e"}}),
+        )
+        .await;
+        assert_eq!(
+            c,
+            StatusCode::NOT_FOUND,
+            "no default namespace in this store"
+        );
+        let (_, o) = call(
+            &store,
+            Method::POST,
+            ns,
+            None,
+            None,
+            &[],
+            JSON,
+            json!({"metadata": {"name": "default"}}),
+        )
+        .await;
+        assert_eq!(o["status"]["phase"], "Active");
+        call(
+            &store,
+            Method::POST,
+            CM,
+            Some("default"),
+            None,
+            &[],
+            JSON,
+            json!({"metadata": {"name": "e"}}),
+        )
+        .await;
+        let (c, _) = call(
+            &store,
+            Method::DELETE,
+            CM,
+            Some("default"),
+            Some("e"),
+            &[("propagationPolicy", "Background")],
+            JSON,
+            Value::Null,
+        )
+        .await;
+        assert_eq!(c, StatusCode::OK);
+        let (c, _) = call(
+            &store,
+            Method::GET,
+            CM,
+            Some("default"),
+            Some("e"),
+            &[],
+            JSON,
+            Value::Null,
+        )
+        .await;
+        assert_eq!(c, StatusCode::NOT_FOUND);
+        let (_, p) = call(
+            &store,
+            Method::POST,
+            ("", "pods"),
+            Some("default"),
+            None,
+            &[],
+            JSON,
+            json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "c", "image": "x",
+                "resources": {"limits": {"cpu": "1", "memory": "1Gi"}}}]}}),
+        )
+        .await;
+        assert_eq!(p["status"]["phase"], "Pending");
+        assert_eq!(p["status"]["qosClass"], "Guaranteed");
+        assert_eq!(
+            qos_class(&json!({"containers": [{"name": "c"}]})),
+            "BestEffort"
+        );
+        assert_eq!(
+            qos_class(&json!({"containers": [{"resources": {"requests": {"cpu": "1"}}}]})),
+            "Burstable"
+        );
+    }
+}

@@ -1,0 +1,225 @@
+//! The Kubernetes-compatible API: routing of every URL to discovery or the generic handler.
+
+pub mod apply;
+pub mod crd;
+pub mod discovery;
+pub mod fieldvalidation;
+pub mod handler;
+pub mod objects;
+pub mod openapi;
+pub mod patch;
+pub mod protobuf;
+pub mod resources;
+pub mod scale;
+pub mod selectors;
+pub mod status;
+pub mod table;
+pub mod user;
+
+use user::Identity;
+
+use axum::body::Body;
+use axum::http::{header, Method, Request, StatusCode};
+use axum::response::{IntoResponse, Response};
+use cairn_store::Store;
+use http_body_util::BodyExt;
+use serde_json::json;
+use status::ApiError;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+pub struct Api {
+    pub store: Arc<dyn Store>,
+    pub ca_pem: String,
+    /// Where `pods/log` and `pods/exec` are answered (the pod's node); `None` serves neither.
+    pub pod_streams: Option<Arc<dyn PodStreams>>,
+}
+
+/// The pod subresources that stream from the pod's node rather than from the store.
+#[async_trait::async_trait]
+pub trait PodStreams: Send + Sync {
+    /// Answers `pods/{name}/{subresource}` in `namespace` (`log` or `exec`).
+    async fn serve(
+        &self,
+        namespace: &str,
+        name: &str,
+        subresource: &str,
+        req: Request<Body>,
+    ) -> Response;
+}
+
+fn json_ok(v: serde_json::Value) -> Response {
+    (StatusCode::OK, axum::Json(v)).into_response()
+}
+
+pub fn version() -> serde_json::Value {
+    json!({
+        "major": "1",
+        "minor": "32",
+        "gitVersion": format!("v1.32.0+cairn.{}", env!("CARGO_PKG_VERSION")),
+        "gitCommit": "",
+        "gitTreeState": "clean",
+        "buildDate": "1970-01-01T00:00:00Z",
+        "goVersion": "",
+        "compiler": "rustc",
+        "platform": format!("linux/{}", match std::env::consts::ARCH { "x86_64" => "amd64", "aarch64" => "arm64", a => a }),
+    })
+}
+
+impl Api {
+    /// Answers one request; `who` is None when the client did not authenticate.
+    pub async fn serve(&self, who: Option<Identity>, req: Request<Body>) -> Response {
+        let path = req.uri().path().to_string();
+        let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+        // What a load balancer, a probe or a joining node needs, without credentials.
+        match segments.as_slice() {
+            ["version"] => return json_ok(version()),
+            ["healthz"] | ["livez"] | ["readyz"] => return (StatusCode::OK, "ok").into_response(),
+            ["cacerts"] => {
+                return (
+                    StatusCode::OK,
+                    [(header::CONTENT_TYPE, "application/x-pem-file")],
+                    self.ca_pem.clone(),
+                )
+                    .into_response()
+            }
+            _ => {}
+        }
+        let Some(_who) = who else {
+            return ApiError::unauthorized().into_response();
+        };
+        let accept = req
+            .headers()
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        if matches!(segments.as_slice(), ["api"] | ["apis"]) && discovery::wants_aggregated(accept)
+        {
+            let doc = discovery::aggregated(segments == ["api"]);
+            return (
+                StatusCode::OK,
+                [
+                    (header::CONTENT_TYPE, discovery::AGGREGATED_CONTENT_TYPE),
+                    (header::VARY, "Accept"),
+                ],
+                serde_json::to_vec(&doc).unwrap_or_default(),
+            )
+                .into_response();
+        }
+        match segments.as_slice() {
+            ["api"] => json_ok(discovery::api_versions()),
+            ["apis"] => json_ok(discovery::api_group_list()),
+            ["api", v] => discovery::api_resource_list("", v)
+                .map(json_ok)
+                .unwrap_or_else(|| ApiError::not_found_path().into_response()),
+            ["apis", g] => discovery::api_group(g)
+                .map(json_ok)
+                .unwrap_or_else(|| ApiError::not_found_path().into_response()),
+            ["apis", g, v] => discovery::api_resource_list(g, v)
+                .map(json_ok)
+                .unwrap_or_else(|| ApiError::not_found_path().into_response()),
+            ["openapi", "v3", rest @ ..] => openapi::serve(
+                rest,
+                req.uri().query(),
+                req.headers()
+                    .get(header::IF_NONE_MATCH)
+                    .and_then(|v| v.to_str().ok()),
+            ),
+            ["api", v, rest @ ..] => self.resource_request("", v, rest, req).await,
+            ["apis", g, v, rest @ ..] => self.resource_request(g, v, rest, req).await,
+            _ => ApiError::not_found_path().into_response(),
+        }
+    }
+
+    async fn resource_request(
+        &self,
+        group: &str,
+        version: &str,
+        rest: &[&str],
+        req: Request<Body>,
+    ) -> Response {
+        // namespaces/{ns}/{plural}[/{name}[/{sub}]] or {plural}[/{name}[/{sub}]]
+        let (namespace, rest) = match rest {
+            ["namespaces", ns, plural, tail @ ..] => (Some(*ns), {
+                let mut v = vec![*plural];
+                v.extend_from_slice(tail);
+                v
+            }),
+            other => (None, other.to_vec()),
+        };
+        let Some(plural) = rest.first() else {
+            return ApiError::not_found_path().into_response();
+        };
+        let Some(resource) = resources::find(group, version, plural) else {
+            return ApiError::not_found_path().into_response();
+        };
+        if rest.len() > 3 {
+            return ApiError::not_found_path().into_response();
+        }
+        // Logs and exec stream from the pod's node through its tunnel.
+        if let (true, Some(ns), Some(name), Some(sub @ ("log" | "exec"))) = (
+            group.is_empty() && *plural == "pods",
+            namespace,
+            rest.get(1),
+            rest.get(2).copied(),
+        ) {
+            return match &self.pod_streams {
+                Some(streams) => streams.serve(ns, name, sub, req).await,
+                None => ApiError::not_found_path().into_response(),
+            };
+        }
+        let method = req.method().clone();
+        let query: HashMap<String, String> = req
+            .uri()
+            .query()
+            .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+            .unwrap_or_default();
+        let accept = req
+            .headers()
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        let content_type = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("application/json")
+            .to_string();
+        if let Some(len) = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+        {
+            if len > handler::MAX_BODY {
+                return ApiError::too_large().into_response();
+            }
+        }
+        let body = if matches!(method, Method::GET | Method::HEAD) {
+            bytes::Bytes::new()
+        } else {
+            let limited = http_body_util::Limited::new(req.into_body(), handler::MAX_BODY);
+            match limited.collect().await {
+                Ok(b) => b.to_bytes(),
+                Err(_) => return ApiError::too_large().into_response(),
+            }
+        };
+        handler::handle(
+            &self.store,
+            handler::Request {
+                method,
+                target: handler::Target {
+                    resource,
+                    namespace,
+                    name: rest.get(1).copied(),
+                    subresource: rest.get(2).copied(),
+                },
+                query,
+                content_type,
+                accept,
+                body,
+            },
+        )
+        .await
+    }
+}

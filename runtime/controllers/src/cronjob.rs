@@ -1,0 +1,664 @@
+//! The CronJob controller: creates a Job from `spec.jobTemplate` at each time `spec.schedule`
+//! names, as kube-controller-manager's (CronJobControllerV2) does.
+//!
+//! The schedule is standard 5-field cron (minute hour day-of-month month day-of-week; `*`,
+//! `?`, ranges, steps, lists, month and weekday names; day-of-month and day-of-week are ORed
+//! when both are restricted) or a macro (`@yearly`, `@annually`, `@monthly`, `@weekly`,
+//! `@daily`, `@midnight`, `@hourly`). Only UTC is supported: a `spec.timeZone` other than
+//! `UTC`/`Etc/UTC` is refused with a `UnknownTimeZone` warning Event and nothing is scheduled.
+//! Jobs are named `<cronjob>-<scheduled time in minutes since the epoch>`; only the most recent
+//! missed time is run, unless it is older than `startingDeadlineSeconds`. `concurrencyPolicy`
+//! Allow/Forbid/Replace, `suspend`, and the history limits (successful 3, failed 1) apply.
+//! The clock is injectable ([`CronJobController::with_clock`]) for tests.
+
+use super::util;
+use super::Controller;
+use anyhow::Result;
+use async_trait::async_trait;
+use cairn_api::objects::decode;
+use cairn_store::{Event, Store};
+use cairn_wire::time::rfc3339;
+use cairn_wire::value::str_at;
+use serde_json::{json, Value};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A parsed schedule: the allowed values of each field as bit sets.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Schedule {
+    minute: u64,
+    hour: u64,
+    dom: u64,
+    month: u64,
+    dow: u64,
+    /// Day-of-month or day-of-week was `*`/`?`: the day matches when both match (else either).
+    day_star: bool,
+}
+
+const MONTHS: [&str; 12] = [
+    "jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec",
+];
+const DAYS: [&str; 7] = ["sun", "mon", "tue", "wed", "thu", "fri", "sat"];
+
+fn parse_value(s: &str, names: &[&str], base: u32) -> Result<u32, String> {
+    let lower = s.to_ascii_lowercase();
+    if let Some(i) = names.iter().position(|n| *n == lower) {
+        return Ok(i as u32 + base);
+    }
+    s.parse::<u32>()
+        .map_err(|_| format!("failed to parse int from {s}"))
+}
+
+fn parse_field(field: &str, min: u32, max: u32, names: &[&str]) -> Result<(u64, bool), String> {
+    let mut bits = 0u64;
+    let mut star = false;
+    for part in field.split(',') {
+        let (range, step) = match part.split_once('/') {
+            Some((r, s)) => {
+                let step: u32 = s
+                    .parse()
+                    .map_err(|_| format!("failed to parse int from {s}"))?;
+                if step == 0 {
+                    return Err(format!("step of range should be a positive number: {part}"));
+                }
+                (r, Some(step))
+            }
+            None => (part, None),
+        };
+        let (lo, hi) = if range == "*" || range == "?" {
+            star = true;
+            (min, max)
+        } else if let Some((a, b)) = range.split_once('-') {
+            (parse_value(a, names, min)?, parse_value(b, names, min)?)
+        } else {
+            let v = parse_value(range, names, min)?;
+            (v, if step.is_some() { max } else { v })
+        };
+        if lo < min || hi > max || lo > hi {
+            return Err(format!(
+                "value out of range ({min} - {max}) or beginning of range beyond end: {part}"
+            ));
+        }
+        let step = step.unwrap_or(1);
+        let mut v = lo;
+        while v <= hi {
+            bits |= 1 << v;
+            v += step;
+        }
+    }
+    Ok((bits, star))
+}
+
+impl Schedule {
+    pub fn parse(spec: &str) -> Result<Schedule, String> {
+        let spec = spec.trim();
+        let expanded = match spec {
+            "@yearly" | "@annually" => "0 0 1 1 *",
+            "@monthly" => "0 0 1 * *",
+            "@weekly" => "0 0 * * 0",
+            "@daily" | "@midnight" => "0 0 * * *",
+            "@hourly" => "0 * * * *",
+            s if s.starts_with('@') => return Err(format!("unrecognized descriptor: {s}")),
+            s if s.starts_with("TZ=") || s.starts_with("CRON_TZ=") => {
+                return Err(
+                    "CRON_TZ or TZ used in schedule is not supported; use spec.timeZone".into(),
+                )
+            }
+            s => s,
+        };
+        let fields: Vec<&str> = expanded.split_whitespace().collect();
+        if fields.len() != 5 {
+            return Err(format!(
+                "expected exactly 5 fields, found {}: {spec}",
+                fields.len()
+            ));
+        }
+        let (minute, _) = parse_field(fields[0], 0, 59, &[])?;
+        let (hour, _) = parse_field(fields[1], 0, 23, &[])?;
+        let (dom, dom_star) = parse_field(fields[2], 1, 31, &[])?;
+        let (month, _) = parse_field(fields[3], 1, 12, &MONTHS)?;
+        let (mut dow, dow_star) = parse_field(fields[4], 0, 7, &DAYS)?;
+        if dow & (1 << 7) != 0 {
+            dow = (dow | 1) & !(1 << 7);
+        }
+        Ok(Schedule {
+            minute,
+            hour,
+            dom,
+            month,
+            dow,
+            day_star: dom_star || dow_star,
+        })
+    }
+
+    /// Whether the minute starting at `t` (seconds since the epoch, UTC) is scheduled.
+    pub fn matches(&self, t: i64) -> bool {
+        let days = t.div_euclid(86_400);
+        let secs = t.rem_euclid(86_400);
+        let (minute, hour) = ((secs / 60) % 60, secs / 3600);
+        if self.minute & (1 << minute) == 0 || self.hour & (1 << hour) == 0 {
+            return false;
+        }
+        let (_, month, day) = cairn_wire::time::civil_from_days(days);
+        if self.month & (1 << month) == 0 {
+            return false;
+        }
+        let weekday = (days + 4).rem_euclid(7); // 1970-01-01 was a Thursday.
+        let dom_ok = self.dom & (1 << day) != 0;
+        let dow_ok = self.dow & (1 << weekday) != 0;
+        if self.day_star {
+            dom_ok && dow_ok
+        } else {
+            dom_ok || dow_ok
+        }
+    }
+
+    /// The first scheduled time strictly after `t` (within five years).
+    pub fn next_after(&self, t: i64) -> Option<i64> {
+        let mut m = t.div_euclid(60) * 60 + 60;
+        let end = t + 5 * 366 * 86_400;
+        while m <= end {
+            if self.matches(m) {
+                return Some(m);
+            }
+            m += 60;
+        }
+        None
+    }
+
+    /// The latest scheduled time in `(after, until]`.
+    pub fn most_recent(&self, after: i64, until: i64) -> Option<i64> {
+        let mut m = until.div_euclid(60) * 60;
+        while m > after {
+            if self.matches(m) {
+                return Some(m);
+            }
+            m -= 60;
+        }
+        None
+    }
+}
+
+/// What one sync of a CronJob must do.
+#[derive(Debug, Default)]
+pub struct Plan {
+    pub create: Option<Value>,
+    pub delete: Vec<Value>,
+    pub status: Option<Value>,
+    /// A warning to record as an Event: (reason, message).
+    pub warning: Option<(String, String)>,
+    pub requeue_after: Option<i64>,
+}
+
+fn job_ref(job: &Value) -> Value {
+    json!({"apiVersion": "batch/v1", "kind": "Job", "name": util::name(job),
+           "namespace": util::namespace(job), "uid": util::uid(job)})
+}
+
+/// Decides what a CronJob needs, from it and the Jobs of its namespace, at `now`.
+pub fn reconcile(cj: &Value, jobs: &[Value], now: i64) -> Plan {
+    let mut plan = Plan::default();
+    let owned: Vec<&Value> = jobs
+        .iter()
+        .filter(|j| util::is_controlled_by(j, cj))
+        .collect();
+    let mut active: Vec<&Value> = Vec::new();
+    let mut succeeded: Vec<&Value> = Vec::new();
+    let mut failed: Vec<&Value> = Vec::new();
+    for j in &owned {
+        match super::job::finished(j) {
+            Some("Complete") => succeeded.push(j),
+            Some(_) => failed.push(j),
+            None if !util::is_deleting(j) => active.push(j),
+            None => {}
+        }
+    }
+    let mut status = cj["status"].as_object().cloned().unwrap_or_default();
+    let last_success = succeeded
+        .iter()
+        .filter_map(|j| cairn_wire::time::parse_rfc3339(str_at(j, "/status/completionTime")))
+        .max();
+    if let Some(t) = last_success {
+        let old = status
+            .get("lastSuccessfulTime")
+            .and_then(Value::as_str)
+            .and_then(cairn_wire::time::parse_rfc3339);
+        if old.is_none_or(|o| o < t) {
+            status.insert("lastSuccessfulTime".into(), json!(rfc3339(t)));
+        }
+    }
+    // History limits: delete the oldest finished Jobs beyond them.
+    let created = |j: &&Value| {
+        (
+            cairn_wire::time::parse_rfc3339(str_at(j, "/metadata/creationTimestamp")).unwrap_or(0),
+            util::name(j).to_string(),
+        )
+    };
+    for (mut list, limit) in [
+        (
+            succeeded,
+            util::int_at(cj, "/spec/successfulJobsHistoryLimit", 3),
+        ),
+        (failed, util::int_at(cj, "/spec/failedJobsHistoryLimit", 1)),
+    ] {
+        list.sort_by_key(created);
+        let extra = list.len().saturating_sub(limit.max(0) as usize);
+        plan.delete.extend(
+            list.into_iter()
+                .take(extra)
+                .filter(|j| !util::is_deleting(j))
+                .cloned(),
+        );
+    }
+
+    let mut new_active: Vec<Value> = active.iter().map(|j| job_ref(j)).collect();
+    let tz = str_at(cj, "/spec/timeZone");
+    let schedule = if !tz.is_empty() && tz != "UTC" && tz != "Etc/UTC" {
+        Err((
+            "UnknownTimeZone",
+            format!("invalid timeZone: {tz:?}: only UTC is supported"),
+        ))
+    } else {
+        Schedule::parse(str_at(cj, "/spec/schedule")).map_err(|e| {
+            (
+                "UnparseableSchedule",
+                format!(
+                    "unparseable schedule: {:?} : {e}",
+                    str_at(cj, "/spec/schedule")
+                ),
+            )
+        })
+    };
+    match schedule {
+        Err((reason, message)) => plan.warning = Some((reason.to_string(), message)),
+        Ok(_) if util::is_deleting(cj) => {}
+        Ok(sched) => {
+            let earliest = status
+                .get("lastScheduleTime")
+                .and_then(Value::as_str)
+                .and_then(cairn_wire::time::parse_rfc3339)
+                .or_else(|| {
+                    cairn_wire::time::parse_rfc3339(str_at(cj, "/metadata/creationTimestamp"))
+                })
+                .unwrap_or(now);
+            let after = earliest;
+            let suspended = cj["spec"]["suspend"].as_bool() == Some(true);
+            let latest = sched.most_recent(after, now);
+            if let (Some(t), false) = (latest, suspended) {
+                let too_late = cj["spec"]["startingDeadlineSeconds"]
+                    .as_i64()
+                    .is_some_and(|sds| t + sds < now);
+                let name = format!("{}-{}", util::name(cj), t / 60);
+                let exists = owned.iter().any(|j| util::name(j) == name);
+                let policy = str_at(cj, "/spec/concurrencyPolicy");
+                if too_late {
+                    plan.warning = Some((
+                        "MissSchedule".into(),
+                        format!("Missed scheduled time to start a job: {}", rfc3339(t)),
+                    ));
+                } else if exists {
+                    status.insert("lastScheduleTime".into(), json!(rfc3339(t)));
+                } else if policy == "Forbid" && !active.is_empty() {
+                    // Skipped; looked at again when the active Job finishes or at the next time.
+                } else {
+                    if policy == "Replace" {
+                        plan.delete.extend(active.iter().map(|j| (*j).clone()));
+                        new_active.clear();
+                    }
+                    plan.create = Some(job_from_template(cj, &name, t));
+                    status.insert("lastScheduleTime".into(), json!(rfc3339(t)));
+                }
+            }
+            if let Some(next) = sched.next_after(now) {
+                plan.requeue_after = Some((next - now).max(1));
+            }
+        }
+    }
+    if new_active.is_empty() {
+        status.remove("active");
+    } else {
+        status.insert("active".into(), json!(new_active));
+    }
+    let status = Value::Object(status);
+    if cj.get("status").unwrap_or(&json!({})) != &status {
+        plan.status = Some(status);
+    }
+    plan
+}
+
+/// The Job for the scheduled time `t`.
+pub fn job_from_template(cj: &Value, name: &str, t: i64) -> Value {
+    let template = &cj["spec"]["jobTemplate"];
+    let mut metadata = json!({
+        "name": name,
+        "namespace": util::namespace(cj),
+        "ownerReferences": [util::controller_owner_ref(cj, "batch/v1", "CronJob")],
+    });
+    for field in ["labels", "annotations"] {
+        if let Some(v) = template["metadata"].get(field).filter(|v| v.is_object()) {
+            metadata[field] = v.clone();
+        }
+    }
+    if !metadata["annotations"].is_object() {
+        metadata["annotations"] = json!({});
+    }
+    metadata["annotations"]["batch.kubernetes.io/cronjob-scheduled-timestamp"] = json!(rfc3339(t));
+    json!({
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": metadata,
+        "spec": template.get("spec").cloned().unwrap_or_else(|| json!({})),
+    })
+}
+
+/// Runs [`reconcile`] against the store, with an injectable clock.
+#[derive(Clone)]
+pub struct CronJobController {
+    clock: Arc<dyn Fn() -> i64 + Send + Sync>,
+}
+
+impl Default for CronJobController {
+    fn default() -> Self {
+        CronJobController {
+            clock: Arc::new(cairn_wire::time::now_secs),
+        }
+    }
+}
+
+impl CronJobController {
+    /// A controller reading the time (seconds since the epoch) from `clock`.
+    pub fn with_clock(clock: impl Fn() -> i64 + Send + Sync + 'static) -> Self {
+        CronJobController {
+            clock: Arc::new(clock),
+        }
+    }
+}
+
+#[async_trait]
+impl Controller for CronJobController {
+    fn name(&self) -> &'static str {
+        "cronjob"
+    }
+
+    fn prefixes(&self) -> Vec<String> {
+        vec![
+            util::cronjobs().key_prefix(None),
+            util::jobs().key_prefix(None),
+        ]
+    }
+
+    async fn items_for(&self, _store: &dyn Store, ev: &Event) -> Vec<String> {
+        if ev
+            .record
+            .key
+            .starts_with(&util::cronjobs().key_prefix(None))
+        {
+            return vec![ev.record.key.clone()];
+        }
+        let mut out = Vec::new();
+        for rec in std::iter::once(&ev.record).chain(ev.prev.as_ref()) {
+            if let Ok(job) = decode(rec) {
+                if let Some(k) = util::controller_key(&job, "batch", "CronJob", util::cronjobs()) {
+                    if !out.contains(&k) {
+                        out.push(k);
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    async fn all_items(&self, store: &dyn Store) -> Result<Vec<String>> {
+        let r = util::cronjobs();
+        let all = util::list(store, &r.key_prefix(None)).await?;
+        Ok(all.iter().map(|o| util::key_of(r, o)).collect())
+    }
+
+    async fn sync(&self, store: &dyn Store, key: &str) -> Result<Option<Duration>> {
+        let Some(cj) = util::get(store, key).await? else {
+            return Ok(None);
+        };
+        let jobs_r = util::jobs();
+        let jobs = util::list(store, &jobs_r.key_prefix(Some(util::namespace(&cj)))).await?;
+        let now = (self.clock)();
+        let plan = reconcile(&cj, &jobs, now);
+        for job in &plan.delete {
+            // Background propagation: the garbage collector removes the pods.
+            util::delete(store, jobs_r, job).await?;
+        }
+        if let Some(job) = plan.create {
+            match util::create(store, jobs_r, job).await {
+                Err(e)
+                    if util::is_store_error(&e, |s| {
+                        matches!(s, cairn_store::StoreError::AlreadyExists)
+                    }) => {}
+                other => {
+                    other?;
+                }
+            }
+        }
+        if let Some((reason, message)) = &plan.warning {
+            record_warning(store, &cj, reason, message).await;
+        }
+        if let Some(status) = plan.status {
+            let mut new = cj.clone();
+            new["status"] = status;
+            util::update(store, util::cronjobs(), &cj, new).await?;
+        }
+        // Look again at the next scheduled time, and at least once a minute (the clock may be
+        // a test's).
+        Ok(Some(Duration::from_secs(
+            plan.requeue_after.unwrap_or(60).clamp(1, 60) as u64,
+        )))
+    }
+}
+
+/// Records a Warning Event about a CronJob (best effort, once per reason and message).
+async fn record_warning(store: &dyn Store, cj: &Value, reason: &str, message: &str) {
+    let Some(events) = cairn_api::resources::find("", "v1", "events") else {
+        return;
+    };
+    let name = format!(
+        "{}.{}",
+        util::name(cj),
+        super::deployment::pod_template_hash(
+            &json!({"r": reason, "m": message, "u": util::uid(cj)}),
+            None
+        )
+    );
+    let now = cairn_wire::time::now_rfc3339();
+    let ev = json!({
+        "apiVersion": "v1", "kind": "Event",
+        "metadata": {"name": name, "namespace": util::namespace(cj)},
+        "involvedObject": {"apiVersion": "batch/v1", "kind": "CronJob", "name": util::name(cj),
+                           "namespace": util::namespace(cj), "uid": util::uid(cj)},
+        "reason": reason, "message": message, "type": "Warning", "count": 1,
+        "firstTimestamp": now, "lastTimestamp": now,
+        "source": {"component": "cronjob-controller"},
+    });
+    let _ = util::create(store, events, ev).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // 2024-01-01T00:00:00Z, a Monday.
+    const T0: i64 = 1_704_067_200;
+
+    fn cj(spec: Value) -> Value {
+        let mut c = json!({
+            "apiVersion": "batch/v1", "kind": "CronJob",
+            "metadata": {"name": "tick", "namespace": "default", "uid": "cj-uid",
+                         "resourceVersion": "4", "creationTimestamp": rfc3339(T0)},
+            "spec": {"schedule": "*/5 * * * *",
+                     "jobTemplate": {"metadata": {"labels": {"app": "tick"}},
+                                     "spec": {"template": {"spec": {"restartPolicy": "Never",
+                                         "containers": [{"name": "c", "image": "busybox"}]}}}}},
+        });
+        for (k, v) in spec.as_object().unwrap() {
+            c["spec"][k] = v.clone();
+        }
+        c
+    }
+
+    fn job(name: &str, state: Option<&str>, created: i64) -> Value {
+        let mut j = json!({"metadata": {"name": name, "namespace": "default", "uid": name,
+                "resourceVersion": "9", "creationTimestamp": rfc3339(created),
+                "ownerReferences": [{"apiVersion": "batch/v1", "kind": "CronJob",
+                    "name": "tick", "uid": "cj-uid", "controller": true}]},
+            "spec": {}, "status": {}});
+        if let Some(s) = state {
+            j["status"]["conditions"] = json!([{"type": s, "status": "True"}]);
+            if s == "Complete" {
+                j["status"]["completionTime"] = json!(rfc3339(created + 10));
+            }
+        }
+        j
+    }
+
+    #[test]
+    fn parses_schedules() {
+        let s = Schedule::parse("*/15 9-17 * * mon-fri").unwrap();
+        assert!(s.matches(T0 + 9 * 3600 + 15 * 60)); // Monday 09:15
+        assert!(!s.matches(T0 + 8 * 3600));
+        assert!(!s.matches(T0 + 5 * 86_400 + 9 * 3600)); // Saturday
+        let s = Schedule::parse("0 0 1,15 jan,JUL ?").unwrap();
+        assert!(s.matches(T0) && s.matches(T0 + 14 * 86_400) && !s.matches(T0 + 86_400));
+        // Both day fields restricted: either matches (1st of the month, or any Sunday).
+        let s = Schedule::parse("0 0 1 * 0").unwrap();
+        assert!(s.matches(T0) && s.matches(T0 + 6 * 86_400) && !s.matches(T0 + 86_400));
+        assert_eq!(Schedule::parse("@daily"), Schedule::parse("0 0 * * *"));
+        assert_eq!(Schedule::parse("@weekly"), Schedule::parse("0 0 * * 7"));
+        assert_eq!(
+            Schedule::parse("5/20 * * * *"),
+            Schedule::parse("5,25,45 * * * *")
+        );
+        assert_eq!(
+            Schedule::parse("@hourly").unwrap().next_after(T0 + 1),
+            Some(T0 + 3600)
+        );
+        assert_eq!(
+            Schedule::parse("@yearly").unwrap().next_after(T0),
+            Some(1_735_689_600)
+        );
+        for bad in [
+            "* * * *",
+            "60 * * * *",
+            "*/0 * * * *",
+            "@every 5m",
+            "5-1 * * * *",
+            "x * * * *",
+        ] {
+            assert!(Schedule::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn creates_the_job_for_the_most_recent_time() {
+        let plan = reconcile(&cj(json!({})), &[], T0 + 11 * 60 + 30);
+        let job = plan.create.unwrap();
+        let t = T0 + 10 * 60;
+        assert_eq!(util::name(&job), format!("tick-{}", t / 60));
+        assert_eq!(job["metadata"]["labels"]["app"], "tick");
+        assert_eq!(job["metadata"]["ownerReferences"][0]["kind"], "CronJob");
+        assert_eq!(
+            job["metadata"]["annotations"]["batch.kubernetes.io/cronjob-scheduled-timestamp"],
+            rfc3339(t)
+        );
+        assert_eq!(plan.status.unwrap()["lastScheduleTime"], rfc3339(t));
+        assert_eq!(plan.requeue_after, Some(3 * 60 + 30));
+        // Nothing due yet.
+        assert!(reconcile(&cj(json!({})), &[], T0 + 4 * 60).create.is_none());
+        // Suspended.
+        assert!(reconcile(&cj(json!({"suspend": true})), &[], T0 + 600)
+            .create
+            .is_none());
+    }
+
+    #[test]
+    fn concurrency_policies_and_deadline() {
+        let running = job("tick-old", None, T0);
+        let now = T0 + 5 * 60;
+        let plan = reconcile(
+            &cj(json!({"concurrencyPolicy": "Forbid"})),
+            std::slice::from_ref(&running),
+            now,
+        );
+        assert!(plan.create.is_none());
+        assert_eq!(plan.status.unwrap()["active"][0]["name"], "tick-old");
+        let plan = reconcile(
+            &cj(json!({"concurrencyPolicy": "Replace"})),
+            std::slice::from_ref(&running),
+            now,
+        );
+        assert!(plan.create.is_some());
+        assert_eq!(plan.delete.len(), 1);
+        let plan = reconcile(&cj(json!({})), &[running], now);
+        assert!(plan.create.is_some() && plan.delete.is_empty());
+        // Too late to start.
+        let plan = reconcile(&cj(json!({"startingDeadlineSeconds": 30})), &[], now + 100);
+        assert!(plan.create.is_none());
+        assert_eq!(plan.warning.unwrap().0, "MissSchedule");
+    }
+
+    #[test]
+    fn history_limits_and_time_zones() {
+        let jobs: Vec<Value> = (0..5)
+            .map(|i| job(&format!("ok-{i}"), Some("Complete"), T0 + i))
+            .chain((0..2).map(|i| job(&format!("bad-{i}"), Some("Failed"), T0 + i)))
+            .collect();
+        let plan = reconcile(&cj(json!({"suspend": true})), &jobs, T0 + 100);
+        let deleted: Vec<&str> = plan.delete.iter().map(util::name).collect();
+        assert_eq!(deleted, ["ok-0", "ok-1", "bad-0"]);
+        assert_eq!(plan.status.unwrap()["lastSuccessfulTime"], rfc3339(T0 + 14));
+        let plan = reconcile(&cj(json!({"timeZone": "Europe/Paris"})), &[], T0 + 600);
+        assert!(plan.create.is_none());
+        assert_eq!(plan.warning.unwrap().0, "UnknownTimeZone");
+        assert!(
+            reconcile(&cj(json!({"timeZone": "Etc/UTC"})), &[], T0 + 600)
+                .create
+                .is_some()
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn cronjob_creates_jobs_on_a_store_with_a_fake_clock() {
+        use std::sync::atomic::{AtomicI64, Ordering};
+        let (_dir, store) = crate::job::tests::temp_store();
+        let s = &*store;
+        let clock = std::sync::Arc::new(AtomicI64::new(cairn_wire::time::now_secs()));
+        let c = clock.clone();
+        let task = crate::spawn(
+            CronJobController::with_clock(move || c.load(Ordering::SeqCst)),
+            store.clone(),
+            crate::LoopOptions::default(),
+        );
+        let mut c = cj(json!({"schedule": "* * * * *", "concurrencyPolicy": "Replace"}));
+        c["metadata"] = json!({"name": "tick", "namespace": "default"});
+        let c = util::create(s, util::cronjobs(), c).await.unwrap();
+        let jobs = util::jobs().key_prefix(Some("default"));
+        // Two minutes later: one Job, for the latest minute.
+        let t = cairn_wire::time::now_secs() + 120;
+        clock.store(t, Ordering::SeqCst);
+        let cj_key = util::key_of(util::cronjobs(), &c);
+        // Touch the CronJob so it syncs now.
+        let mut touched = c.clone();
+        touched["metadata"]["labels"] = json!({"touched": "1"});
+        util::update(s, util::cronjobs(), &c, touched)
+            .await
+            .unwrap();
+        let expected = format!("tick-{}", t / 60);
+        let expected = expected.as_str();
+        crate::job::tests::eventually("the scheduled Job", || async {
+            let all = util::list(s, &jobs).await.unwrap();
+            let c = util::get(s, &cj_key).await.unwrap()?;
+            (all.len() == 1
+                && util::name(&all[0]) == expected
+                && c["status"]["active"][0]["name"] == expected)
+                .then_some(())
+        })
+        .await;
+        task.abort();
+    }
+}
