@@ -900,39 +900,17 @@ fn collect_devices(dir: &Path, out: &mut Vec<Value>) {
     }
 }
 
-/// The pod's QoS class as the API defines it: `Guaranteed`, `Burstable` or `BestEffort`.
+/// The pod's QoS class: the one the API server stored in its status when it was created, as
+/// the kubelet's `GetPodQOS` reads it; computed by the same rule only for a pod without one.
 pub fn qos_class(pod: &Pod) -> &'static str {
-    let spec = pod.spec.clone().unwrap_or_default();
-    let containers: Vec<&Container> = spec
-        .containers
-        .iter()
-        .chain(spec.init_containers.iter().flatten())
-        .collect();
-    let mut any_set = false;
-    let mut guaranteed = true;
-    for c in containers {
-        for resource in ["cpu", "memory"] {
-            let request = container_quantity(c, false, resource).ok().flatten();
-            let limit = container_quantity(c, true, resource).ok().flatten();
-            if request.is_some_and(|r| r > 0) || limit.is_some_and(|l| l > 0) {
-                any_set = true;
-            }
-            match limit {
-                Some(l) if l > 0 => {
-                    if request.is_some_and(|r| r != l) {
-                        guaranteed = false;
-                    }
-                }
-                _ => guaranteed = false,
-            }
+    match pod.status.as_ref().and_then(|s| s.qos_class.as_deref()) {
+        Some("Guaranteed") => "Guaranteed",
+        Some("Burstable") => "Burstable",
+        Some("BestEffort") => "BestEffort",
+        _ => {
+            let spec = serde_json::to_value(&pod.spec).unwrap_or_default();
+            cairn_wire::qos::qos_class(&spec)
         }
-    }
-    if !any_set {
-        "BestEffort"
-    } else if guaranteed {
-        "Guaranteed"
-    } else {
-        "Burstable"
     }
 }
 

@@ -966,8 +966,8 @@ impl Worker {
 
     async fn report_status(&mut self) {
         let record = self.shared.record.lock().await.clone();
-        let mut status = record.status(&now(), self.last_status.as_ref());
-        status["qosClass"] = json!(spec::qos_class(&self.pod));
+        // qosClass is the API server's, set when the pod was created; it is not ours to write.
+        let status = record.status(&now(), self.last_status.as_ref());
         if self.last_status.as_ref() == Some(&status) {
             return;
         }

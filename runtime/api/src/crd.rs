@@ -193,7 +193,7 @@ pub fn set_status(crd: &mut Value) {
 }
 
 /// Stops serving a deleted CRD and removes its objects (every version shares one key prefix).
-pub async fn removed(store: &Arc<dyn Store>, crd: &Value) -> Result<(), ApiError> {
+pub async fn removed(store: &dyn Store, crd: &Value) -> Result<(), ApiError> {
     let defined = entries(crd);
     if let Some(name) = objects::name_of(crd) {
         resources::set_custom(name, Vec::new());
@@ -288,7 +288,7 @@ async fn follow(store: &Arc<dyn Store>, after: i64) {
                     continue;
                 }
                 if let Ok(crd) = decode(gone) {
-                    if let Err(e) = removed(store, &crd).await {
+                    if let Err(e) = removed(&**store, &crd).await {
                         tracing::warn!("removing the objects of a deleted CRD: {}", e.message);
                     }
                 }

@@ -3,8 +3,9 @@
 
 use super::apply;
 use super::fieldvalidation;
-use super::objects::{self, decode, encode, with_revision};
+use super::objects::{self, decode, encode};
 use super::patch;
+use super::registry;
 use super::resources::Resource;
 use super::selectors::{FieldSelector, LabelSelector};
 use super::status::ApiError;
@@ -43,18 +44,7 @@ fn json_response(code: StatusCode, v: &Value) -> Response {
     (code, axum::Json(v)).into_response()
 }
 
-/// A store failure as the API reports it for `name` of resource `r`.
-pub(super) fn store_error(e: StoreError, r: &Resource, name: &str) -> ApiError {
-    match e {
-        StoreError::NotFound => ApiError::not_found(r.plural, r.group, name),
-        StoreError::AlreadyExists => ApiError::already_exists(r.plural, r.group, name),
-        StoreError::Conflict { .. } => ApiError::conflict(r.plural, r.group, name),
-        StoreError::Compacted { compacted } => ApiError::gone(format!(
-            "too old resource version (compacted to {compacted})"
-        )),
-        other => ApiError::internal(other.to_string()),
-    }
-}
+pub(super) use super::registry::store_error;
 
 fn parse_body(req: &Request<'_>) -> Result<Value, ApiError> {
     if req.body.is_empty() {
@@ -96,8 +86,17 @@ async fn dispatch(store: &Arc<dyn Store>, req: Request<'_>) -> Result<Response, 
         if !t.resource.subresources.contains(&"scale") {
             return Err(ApiError::not_found_path());
         }
-        return super::scale::handle(store, t, name, &req.method, &req.content_type, &req.body)
-            .await;
+        let opts = write_options(&req)?;
+        return super::scale::handle(
+            store,
+            t,
+            name,
+            &req.method,
+            &req.content_type,
+            &req.body,
+            &opts,
+        )
+        .await;
     }
     match (&req.method, t.name) {
         (&Method::GET, None) => {
@@ -408,190 +407,40 @@ fn check_identity(obj: &mut Value, req: &Request<'_>) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn validate(obj: &Value, r: &Resource) -> Result<(), ApiError> {
-    let name = objects::name_of(obj).unwrap_or_default();
-    let mut causes = Vec::new();
-    if !objects::valid_name(name) {
-        causes.push((
-            "metadata.name".to_string(),
-            format!("Invalid value: {name:?}: a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character"),
-        ));
-    }
-    for (field, v) in [
-        ("metadata.labels", &obj["metadata"]["labels"]),
-        ("metadata.annotations", &obj["metadata"]["annotations"]),
-    ] {
-        if let Some(map) = v.as_object() {
-            if map.values().any(|x| !x.is_string()) {
-                causes.push((
-                    field.to_string(),
-                    "Invalid value: values must be strings".to_string(),
-                ));
-            }
-        } else if !v.is_null() {
-            causes.push((
-                field.to_string(),
-                "Invalid value: must be a map of strings".to_string(),
-            ));
+/// What this request asks of a write: dry run, and the field manager unless the body is an
+/// apply patch (whose managed fields `apply` computed already).
+fn write_options(req: &Request<'_>) -> Result<registry::WriteOptions, ApiError> {
+    let dry_run = match req.query.get("dryRun").map(String::as_str) {
+        None | Some("") => false,
+        Some("All") => true,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "Invalid dryRun value {other:?}: valid values are \"All\""
+            )))
         }
-    }
-    if causes.is_empty() {
-        Ok(())
-    } else {
-        Err(ApiError::invalid(r.kind, r.group, name, causes))
-    }
-}
-
-/// Fields the server owns on creation.
-fn prepare_new(obj: &mut Value, r: &Resource) {
-    let m = &mut obj["metadata"];
-    m["uid"] = json!(objects::new_uid());
-    m["creationTimestamp"] = json!(cairn_wire::time::now_rfc3339());
-    if let Some(map) = m.as_object_mut() {
-        map.remove("resourceVersion");
-        map.remove("deletionTimestamp");
-        map.remove("selfLink");
-    }
-    if obj.get("spec").is_some() {
-        obj["metadata"]["generation"] = json!(1);
-    }
-    if r.kind == "Namespace" && r.group.is_empty() {
-        obj["spec"]["finalizers"] = json!(["kubernetes"]);
-        obj["status"] = json!({"phase": "Active"});
-    }
-    if r.kind == "Pod" && r.group.is_empty() {
-        if !obj["status"].is_object() {
-            obj["status"] = json!({});
-        }
-        if !obj["status"]["phase"].is_string() {
-            obj["status"]["phase"] = json!("Pending");
-        }
-        if !obj["status"]["qosClass"].is_string() {
-            obj["status"]["qosClass"] = json!(qos_class(&obj["spec"]));
-        }
-    }
-}
-
-/// The namespace object `ns`, if it exists.
-async fn namespace_object(store: &Arc<dyn Store>, ns: &str) -> Result<Option<Value>, ApiError> {
-    let key = super::resources::find("", "v1", "namespaces")
-        .map(|n| n.key(None, ns))
-        .unwrap_or_default();
-    match store
-        .get(&key)
-        .await
-        .map_err(|e| ApiError::internal(e.to_string()))?
-    {
-        Some(rec) => Ok(Some(decode(&rec)?)),
-        None => Ok(None),
-    }
-}
-
-/// The quality-of-service class kube derives from a pod's requests and limits.
-fn qos_class(spec: &Value) -> &'static str {
-    let containers: Vec<&Value> = ["containers", "initContainers"]
-        .iter()
-        .filter_map(|f| spec[*f].as_array())
-        .flatten()
-        .collect();
-    let mut any = false;
-    let mut guaranteed = true;
-    for c in &containers {
-        let requests = c["resources"]["requests"].as_object();
-        let limits = c["resources"]["limits"].as_object();
-        let is_compute = |k: &String| k == "cpu" || k == "memory";
-        if requests.is_some_and(|r| r.keys().any(is_compute))
-            || limits.is_some_and(|l| l.keys().any(is_compute))
-        {
-            any = true;
-        }
-        for res in ["cpu", "memory"] {
-            let limit = limits.and_then(|l| l.get(res));
-            let request = requests.and_then(|r| r.get(res));
-            match (limit, request) {
-                (Some(l), Some(r)) if l == r => {}
-                (Some(_), None) => {}
-                _ => guaranteed = false,
-            }
-        }
-    }
-    if !any {
-        "BestEffort"
-    } else if guaranteed {
-        "Guaranteed"
-    } else {
-        "Burstable"
-    }
+    };
+    let field_manager =
+        (req.content_type != apply::APPLY_CONTENT_TYPE).then(|| apply::manager(&req.query));
+    Ok(registry::WriteOptions {
+        dry_run,
+        field_manager,
+        owns_status: false,
+    })
 }
 
 async fn create(store: &Arc<dyn Store>, req: &Request<'_>) -> Result<Response, ApiError> {
     let r = req.target.resource;
     let mut obj = parse_body(req)?;
     check_identity(&mut obj, req)?;
-    let named = obj["metadata"]["name"]
-        .as_str()
-        .filter(|n| !n.is_empty())
-        .map(str::to_string);
-    let name = match named {
-        Some(n) => n,
-        None => match obj["metadata"]["generateName"].as_str() {
-            Some(prefix) => objects::generated_name(prefix),
-            None => {
-                return Err(ApiError::invalid(
-                    r.kind,
-                    r.group,
-                    "",
-                    vec![(
-                        "metadata.name".into(),
-                        "Required value: name or generateName is required".into(),
-                    )],
-                ))
-            }
-        },
-    };
-    obj["metadata"]["name"] = json!(name);
     let checked = fieldvalidation::check(r.group, r.kind, &obj, field_mode(req)?)?;
-    obj = checked.object;
-    validate(&obj, r)?;
-    if let Some(ns) = req.target.namespace.filter(|_| r.namespaced) {
-        match namespace_object(store, ns).await? {
-            None => return Err(ApiError::not_found("namespaces", "", ns)),
-            Some(n)
-                if n["metadata"]["deletionTimestamp"].is_string()
-                    || n["status"]["phase"] == "Terminating" =>
-            {
-                return Err(ApiError::forbidden(
-                    r.plural,
-                    r.group,
-                    &name,
-                    format!("{} \"{name}\" is forbidden: unable to create new content in namespace {ns} because it is being terminated", super::status::qualified(r.plural, r.group)),
-                ));
-            }
-            Some(_) => {}
-        }
-    }
-    prepare_new(&mut obj, r);
-    if req.content_type != apply::APPLY_CONTENT_TYPE {
-        let (manager, version) = (apply::manager(&req.query), r.api_version());
-        apply::record_update(r.kind, r.custom, &version, None, None, &mut obj, &manager);
-    }
-    let is_crd = super::crd::is_crd(r);
-    if is_crd {
-        super::crd::validate(&obj)?;
-        super::crd::set_status(&mut obj);
-    }
-    if req.query.get("dryRun").is_some_and(|d| d == "All") {
-        return Ok(json_response(StatusCode::CREATED, &obj));
-    }
-    let rec = store
-        .create(&r.key(req.target.namespace, &name), encode(&obj)?)
+    let name = objects::name_of(&checked.object)
+        .unwrap_or_default()
+        .to_string();
+    let created = registry::create(&**store, r, checked.object, &write_options(req)?)
         .await
-        .map_err(|e| store_error(e, r, &name))?;
-    if is_crd {
-        super::crd::register(&obj);
-    }
+        .map_err(|e| e.into_api(r, &name))?;
     Ok(with_warnings(
-        json_response(StatusCode::CREATED, &with_revision(obj, rec.revision)),
+        json_response(StatusCode::CREATED, &created),
         &checked.warnings,
     ))
 }
@@ -611,130 +460,38 @@ fn with_warnings(mut resp: Response, warnings: &[String]) -> Response {
     resp
 }
 
-/// Keeps what a client may not change on update.
-fn carry_over(new: &mut Value, old: &Value) {
-    for f in [
-        "uid",
-        "creationTimestamp",
-        "deletionTimestamp",
-        "deletionGracePeriodSeconds",
-    ] {
-        match old["metadata"].get(f) {
-            Some(v) => new["metadata"][f] = v.clone(),
-            None => {
-                if let Some(m) = new["metadata"].as_object_mut() {
-                    m.remove(f);
-                }
-            }
-        }
-    }
-    let generation = old["metadata"]["generation"].as_i64().unwrap_or(0);
-    if new.get("spec").is_some() {
-        let changed = new.get("spec") != old.get("spec");
-        new["metadata"]["generation"] = json!(if changed {
-            generation + 1
-        } else {
-            generation.max(1)
-        });
-    }
-}
-
-/// Writes `obj` over `old` with compare-and-swap on `expected`; status-only and main-resource
-/// updates keep each other's parts.
+/// Writes `obj` over `old` with compare-and-swap on `expected`, through the registry: the
+/// subresource named on the URL says which part of the object may change.
 async fn write_update(
     store: &Arc<dyn Store>,
     req: &Request<'_>,
     name: &str,
-    mut obj: Value,
+    obj: Value,
     old: &Value,
     expected: i64,
 ) -> Result<Response, ApiError> {
     let r = req.target.resource;
-    match req.target.subresource {
-        Some("status") => {
-            // Only status changes through /status.
-            let status = obj.get("status").cloned().unwrap_or(Value::Null);
-            obj = old.clone();
-            obj["status"] = status;
-        }
-        Some("finalize") if r.kind == "Namespace" && r.group.is_empty() => {
-            // Only spec.finalizers changes through /finalize.
-            let finalizers = obj["spec"]["finalizers"].clone();
-            obj = old.clone();
-            obj["spec"]["finalizers"] = finalizers;
-        }
-        Some(other) => {
-            return Err(ApiError::bad_request(format!(
-                "the subresource {other:?} cannot be updated here"
-            )))
-        }
-        None => {
-            if old.get("status").is_some() && r.subresources.contains(&"status") {
-                obj["status"] = old["status"].clone();
-            }
-        }
-    }
-    if req.content_type != apply::APPLY_CONTENT_TYPE {
-        let manager = apply::manager(&req.query);
-        let (kind, version) = (r.kind, r.api_version());
-        let sub = req.target.subresource;
-        apply::record_update(kind, r.custom, &version, sub, Some(old), &mut obj, &manager);
-    }
-    carry_over(&mut obj, old);
+    let part = registry::Part::from_subresource(r, req.target.subresource)?;
     let checked = fieldvalidation::check(r.group, r.kind, &obj, field_mode(req)?)?;
-    let mut obj = checked.object;
-    validate(&obj, r)?;
-    let is_crd = super::crd::is_crd(r);
-    if is_crd {
-        super::crd::validate(&obj)?;
-        super::crd::set_status(&mut obj);
-    }
-    if objects::name_of(&obj) != Some(name) {
+    if objects::name_of(&checked.object) != Some(name) {
         return Err(ApiError::bad_request(format!(
             "the name of the object ({}) does not match the name on the URL ({name})",
-            objects::name_of(&obj).unwrap_or_default()
+            objects::name_of(&checked.object).unwrap_or_default()
         )));
     }
-    if req.query.get("dryRun").is_some_and(|d| d == "All") {
-        return Ok(json_response(StatusCode::OK, &with_revision(obj, expected)));
-    }
-    // The last finalizer of an object being deleted is gone: the object goes, as in kube.
-    // A namespace also waits for its spec.finalizers (the namespace controller's).
-    let no_finalizers = obj["metadata"]["finalizers"]
-        .as_array()
-        .is_none_or(|f| f.is_empty())
-        && (r.kind != "Namespace"
-            || !r.group.is_empty()
-            || obj["spec"]["finalizers"]
-                .as_array()
-                .is_none_or(|f| f.is_empty()));
-    if old["metadata"]["deletionTimestamp"].is_string()
-        && no_finalizers
-        && old["metadata"]["deletionGracePeriodSeconds"]
-            .as_i64()
-            .is_none_or(|g| g == 0)
-    {
-        let rec = store
-            .delete(&r.key(req.target.namespace, name), Some(expected))
-            .await
-            .map_err(|e| store_error(e, r, name))?;
-        if is_crd {
-            super::crd::removed(store, &obj).await?;
-        }
-        return Ok(json_response(
-            StatusCode::OK,
-            &with_revision(obj, rec.revision),
-        ));
-    }
-    let rec = store
-        .update(&r.key(req.target.namespace, name), encode(&obj)?, expected)
-        .await
-        .map_err(|e| store_error(e, r, name))?;
-    if is_crd {
-        super::crd::register(&obj);
-    }
+    let written = registry::update(
+        &**store,
+        r,
+        old,
+        expected,
+        checked.object,
+        part,
+        &write_options(req)?,
+    )
+    .await
+    .map_err(|e| e.into_api(r, name))?;
     Ok(with_warnings(
-        json_response(StatusCode::OK, &with_revision(obj, rec.revision)),
+        json_response(StatusCode::OK, &written),
         &checked.warnings,
     ))
 }
@@ -773,7 +530,11 @@ async fn update(
     let (old, rev) = current(store, &req.target, name)
         .await?
         .ok_or_else(|| ApiError::not_found(r.plural, r.group, name))?;
-    let expected = match obj["metadata"]["resourceVersion"].as_str() {
+    // An absent or empty resourceVersion is an unconditional update, as in kube-apiserver.
+    let expected = match obj["metadata"]["resourceVersion"]
+        .as_str()
+        .filter(|v| !v.is_empty())
+    {
         Some(v) => v
             .parse::<i64>()
             .map_err(|_| ApiError::bad_request(format!("invalid resourceVersion {v:?}")))?,
@@ -890,8 +651,40 @@ async fn delete(
     req: &Request<'_>,
     name: &str,
 ) -> Result<Response, ApiError> {
-    let (code, obj) = delete_one(store, req, name).await?;
+    let opts = delete_options(req)?;
+    let (code, obj) = delete_one(store, req, name, &opts).await?;
     Ok(json_response(code, &obj))
+}
+
+/// `DeleteOptions` from the body (JSON or protobuf) and the query.
+fn delete_options(req: &Request<'_>) -> Result<registry::DeleteOptions, ApiError> {
+    let options: Value = if req.body.is_empty() {
+        json!({})
+    } else {
+        parse_body(req)
+            .map_err(|e| ApiError::bad_request(format!("invalid DeleteOptions: {}", e.message)))?
+    };
+    let grace_period =
+        options["gracePeriodSeconds"]
+            .as_i64()
+            .or(match req.query.get("gracePeriodSeconds") {
+                Some(g) => Some(g.parse().map_err(|_| {
+                    ApiError::bad_request(format!("invalid gracePeriodSeconds {g:?}"))
+                })?),
+                None => None,
+            });
+    let body_dry_run = options["dryRun"]
+        .as_array()
+        .is_some_and(|d| d.iter().any(|x| x == "All"));
+    Ok(registry::DeleteOptions {
+        dry_run: write_options(req)?.dry_run || body_dry_run,
+        grace_period,
+        propagation: propagation_policy(req, &options)?,
+        precondition_revision: options["preconditions"]["resourceVersion"]
+            .as_str()
+            .map(str::to_string),
+        precondition_uid: options["preconditions"]["uid"].as_str().map(str::to_string),
+    })
 }
 
 /// Deletes (or marks for deletion) one object; the status code and the object.
@@ -899,129 +692,27 @@ async fn delete_one(
     store: &Arc<dyn Store>,
     req: &Request<'_>,
     name: &str,
+    opts: &registry::DeleteOptions,
 ) -> Result<(StatusCode, Value), ApiError> {
     let r = req.target.resource;
     let (old, rev) = current(store, &req.target, name)
         .await?
         .ok_or_else(|| ApiError::not_found(r.plural, r.group, name))?;
-    let options: Value = if req.body.is_empty() {
-        json!({})
-    } else {
-        serde_json::from_slice(&req.body)
-            .map_err(|e| ApiError::bad_request(format!("invalid DeleteOptions: {e}")))?
-    };
-    if let Some(pre) = options["preconditions"]["resourceVersion"].as_str() {
-        if pre != rev.to_string() {
-            return Err(ApiError::conflict(r.plural, r.group, name));
-        }
-    }
-    let policy = propagation_policy(req, &options)?;
-    let mut finalizers: Vec<Value> = old["metadata"]["finalizers"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
-    let policy_finalizer = match policy {
-        Propagation::Orphan => Some(ORPHAN_FINALIZER),
-        Propagation::Foreground => Some(FOREGROUND_FINALIZER),
-        Propagation::Background | Propagation::Default => None,
-    };
-    if let Some(f) = policy_finalizer {
-        if !finalizers.iter().any(|x| x == f) {
-            finalizers.push(json!(f));
-        }
-        // The policies exclude each other: the last one asked for wins.
-        let other = if f == ORPHAN_FINALIZER {
-            FOREGROUND_FINALIZER
-        } else {
-            ORPHAN_FINALIZER
-        };
-        finalizers.retain(|x| x != other);
-    } else if policy == Propagation::Background {
-        finalizers.retain(|x| x != ORPHAN_FINALIZER && x != FOREGROUND_FINALIZER);
-    }
-    // A namespace is emptied by the namespace controller first; once it removed its
-    // `kubernetes` finalizer, a DELETE removes the namespace.
-    let is_namespace = r.kind == "Namespace"
-        && r.group.is_empty()
-        && !(old["metadata"]["deletionTimestamp"].is_string()
-            && old["spec"]["finalizers"]
-                .as_array()
-                .is_none_or(|f| f.is_empty()));
-    // A pod bound to a node is stopped by that node's agent before it disappears.
-    let grace = options["gracePeriodSeconds"]
-        .as_i64()
-        .or_else(|| {
-            req.query
-                .get("gracePeriodSeconds")
-                .and_then(|g| g.parse().ok())
-        })
-        .or_else(|| old["spec"]["terminationGracePeriodSeconds"].as_i64())
-        .unwrap_or(30);
-    let graceful = r.kind == "Pod" && old["spec"]["nodeName"].is_string() && grace > 0;
-    if !finalizers.is_empty() || graceful || is_namespace {
-        let already = old["metadata"]["deletionTimestamp"].is_string();
-        let unchanged_finalizers = old["metadata"]["finalizers"]
-            .as_array()
-            .map(Vec::as_slice)
-            .unwrap_or_default()
-            == finalizers.as_slice();
-        if already && unchanged_finalizers {
-            let code = if is_namespace {
-                StatusCode::OK
-            } else {
-                StatusCode::ACCEPTED
-            };
-            return Ok((code, old));
-        }
-        let mut marked = old.clone();
-        if !already {
-            marked["metadata"]["deletionTimestamp"] = json!(cairn_wire::time::now_rfc3339());
-            marked["metadata"]["deletionGracePeriodSeconds"] =
-                json!(if graceful { grace } else { 0 });
-        }
-        if finalizers.is_empty() {
-            if let Some(m) = marked["metadata"].as_object_mut() {
-                m.remove("finalizers");
-            }
-        } else {
-            marked["metadata"]["finalizers"] = Value::Array(finalizers);
-        }
-        if is_namespace {
-            // The namespace controller empties it, then removes the `kubernetes` finalizer.
-            marked["status"]["phase"] = json!("Terminating");
-        }
-        let rec = store
-            .update(&r.key(req.target.namespace, name), encode(&marked)?, rev)
-            .await
-            .map_err(|e| store_error(e, r, name))?;
-        let code = if is_namespace {
-            StatusCode::OK
-        } else {
-            StatusCode::ACCEPTED
-        };
-        return Ok((code, with_revision(marked, rec.revision)));
-    }
-    let rec = store
-        .delete(&r.key(req.target.namespace, name), Some(rev))
+    let (done, obj) = registry::delete(&**store, r, &old, rev, opts)
         .await
-        .map_err(|e| store_error(e, r, name))?;
-    if super::crd::is_crd(r) {
-        super::crd::removed(store, &old).await?;
-    }
-    Ok((StatusCode::OK, with_revision(old, rec.revision)))
+        .map_err(|e| e.into_api(r, name))?;
+    // kube-apiserver answers 202 while a delete waits, but 200 for a namespace.
+    let waiting =
+        done == registry::Deleted::Marked && !(r.kind == "Namespace" && r.group.is_empty());
+    let code = if waiting {
+        StatusCode::ACCEPTED
+    } else {
+        StatusCode::OK
+    };
+    Ok((code, obj))
 }
 
-const ORPHAN_FINALIZER: &str = "orphan";
-const FOREGROUND_FINALIZER: &str = "foregroundDeletion";
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Propagation {
-    /// Nothing asked: the kind's default (background for every kind served here).
-    Default,
-    Orphan,
-    Background,
-    Foreground,
-}
+use registry::Propagation;
 
 /// `propagationPolicy` (body or query) or the legacy `orphanDependents`.
 fn propagation_policy(req: &Request<'_>, options: &Value) -> Result<Propagation, ApiError> {
@@ -1070,6 +761,7 @@ async fn delete_collection(
 ) -> Result<Response, ApiError> {
     let r = req.target.resource;
     let filters = Filters::parse(req)?;
+    let opts = delete_options(req)?;
     let listed = store
         .list(&r.key_prefix(req.target.namespace), None, 0, None)
         .await
@@ -1096,7 +788,7 @@ async fn delete_collection(
             accept: String::new(),
             body: req.body.clone(),
         };
-        match delete_one(store, &one, &name).await {
+        match delete_one(store, &one, &name, &opts).await {
             Ok((_, gone)) => items.push(gone),
             Err(e) if e.code == StatusCode::NOT_FOUND => {}
             Err(e) => return Err(e),
@@ -1461,13 +1153,5 @@ mod tests {
         .await;
         assert_eq!(p["status"]["phase"], "Pending");
         assert_eq!(p["status"]["qosClass"], "Guaranteed");
-        assert_eq!(
-            qos_class(&json!({"containers": [{"name": "c"}]})),
-            "BestEffort"
-        );
-        assert_eq!(
-            qos_class(&json!({"containers": [{"resources": {"requests": {"cpu": "1"}}}]})),
-            "Burstable"
-        );
     }
 }

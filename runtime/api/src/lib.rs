@@ -2,6 +2,7 @@
 
 pub mod apply;
 pub mod crd;
+pub mod cron;
 pub mod discovery;
 pub mod fieldvalidation;
 pub mod handler;
@@ -9,12 +10,14 @@ pub mod objects;
 pub mod openapi;
 pub mod patch;
 pub mod protobuf;
+pub mod registry;
 pub mod resources;
 pub mod scale;
 pub mod selectors;
 pub mod status;
 pub mod table;
 pub mod user;
+pub mod validation;
 
 use user::Identity;
 

@@ -2,7 +2,7 @@
 //! StatefulSets: what `kubectl scale` and autoscalers read and write.
 
 use super::handler::{store_error, Target};
-use super::objects::{decode, encode, with_revision};
+use super::objects::decode;
 use super::patch;
 use super::status::ApiError;
 use axum::http::{Method, StatusCode};
@@ -45,7 +45,9 @@ pub async fn handle(
     method: &Method,
     content_type: &str,
     body: &[u8],
+    opts: &crate::registry::WriteOptions,
 ) -> Result<Response, ApiError> {
+    let t = target;
     let (plural, group) = (target.resource.plural, target.resource.group);
     let key = &target.resource.key(target.namespace, name);
     let not_found = || ApiError::not_found(plural, group, name);
@@ -105,15 +107,17 @@ pub async fn handle(
     }
     let mut updated = obj.clone();
     updated["spec"]["replicas"] = json!(wanted);
-    let gen = obj["metadata"]["generation"].as_i64().unwrap_or(1);
-    if obj["spec"]["replicas"].as_i64() != Some(wanted) {
-        updated["metadata"]["generation"] = json!(gen + 1);
-    }
-    let new = store
-        .update(key, encode(&updated)?, rec.revision)
-        .await
-        .map_err(to_api)?;
-    let shown = with_revision(updated, new.revision);
+    let shown = crate::registry::update(
+        &**store,
+        t.resource,
+        &obj,
+        rec.revision,
+        updated,
+        crate::registry::Part::Main,
+        opts,
+    )
+    .await
+    .map_err(|e| e.into_api(t.resource, name))?;
     Ok((StatusCode::OK, axum::Json(scale_of(&shown))).into_response())
 }
 

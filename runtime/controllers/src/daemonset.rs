@@ -367,7 +367,7 @@ impl Controller for DaemonSetController {
             util::delete(store, pods_r, pod).await?;
         }
         for pod in plan.create {
-            util::create_generated(store, pods_r, pod).await?;
+            util::create(store, pods_r, pod).await?;
         }
         if let Some(status) = plan.status {
             let mut new = ds.clone();
@@ -525,7 +525,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn daemonset_places_pods_on_a_store() {
-        let (_dir, store) = crate::job::tests::temp_store();
+        let (_dir, store) = crate::job::tests::temp_store().await;
         let s = &*store;
         let opts = crate::LoopOptions::default();
         let tasks = [

@@ -478,7 +478,7 @@ mod tests {
         json!({"metadata": {"name": name, "namespace": "default", "uid": format!("{name}-uid"),
                             "labels": {"app": "web"}},
                "spec": {"nodeName": "node-1",
-                        "containers": [{"name": "c", "ports": [
+                        "containers": [{"name": "c", "image": "nginx", "ports": [
                             {"name": "http", "containerPort": container_port}]}]},
                "status": {"phase": "Running", "podIP": ip,
                           "conditions": [{"type": "Ready",
@@ -592,7 +592,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn follows_pods_on_a_real_store() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = open_store(&dir);
+        let store = open_store(&dir).await;
         let task = crate::spawn(EndpointsController::default(), store.clone(), opts());
         let s = &*store;
         let (pods_r, svc_r) = (util::pods(), services());

@@ -219,16 +219,8 @@ impl GarbageCollector {
         if let Some(list) = new["metadata"]["finalizers"].as_array_mut() {
             list.retain(|x| x.as_str() != Some(f));
         }
-        let left = finalizers(&new).len();
-        if left == 0 && util::is_deleting(obj) {
-            let rev: i64 = str_at(obj, "/metadata/resourceVersion").parse()?;
-            match store.delete(&util::key_of(r, obj), Some(rev)).await {
-                Ok(_) | Err(cairn_store::StoreError::NotFound) => Ok(()),
-                Err(e) => Err(e.into()),
-            }
-        } else {
-            util::update(store, r, obj, new).await.map(|_| ())
-        }
+        // The registry deletes an object being deleted once its last finalizer is gone.
+        util::update(store, r, obj, new).await.map(|_| ())
     }
 
     /// The owner side: orphan or foreground finalizers of an object being deleted.

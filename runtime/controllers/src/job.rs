@@ -292,7 +292,7 @@ impl Controller for JobController {
             return Ok(None);
         }
         for pod in plan.create {
-            util::create_generated(store, pods_r, pod).await?;
+            util::create(store, pods_r, pod).await?;
         }
         for pod in &plan.delete {
             util::delete(store, pods_r, pod).await?;
@@ -446,17 +446,11 @@ pub(crate) mod tests {
     /// Polls `f` until it returns something (8 s at most).
     pub(crate) use crate::testkit::eventually;
 
-    pub(crate) fn temp_store() -> (tempfile::TempDir, std::sync::Arc<dyn Store>) {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store: std::sync::Arc<dyn Store> = std::sync::Arc::new(
-            cairn_store::SqliteStore::open(&dir.path().join("state.db")).expect("open store"),
-        );
-        (dir, store)
-    }
+    pub(crate) use crate::testkit::temp_store;
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn job_runs_to_completion_on_a_store() {
-        let (_dir, store) = temp_store();
+        let (_dir, store) = temp_store().await;
         let s = &*store;
         let task = crate::spawn(JobController, store.clone(), crate::LoopOptions::default());
         let mut j = job(json!({"completions": 2, "parallelism": 2}));

@@ -13,7 +13,6 @@ use async_trait::async_trait;
 use cairn_api::resources::{self, Resource};
 use cairn_store::{Event, EventKind, Store};
 use cairn_wire::time::now_rfc3339;
-use cairn_wire::value::str_at;
 use serde_json::{json, Value};
 use std::time::Duration;
 
@@ -279,11 +278,11 @@ impl Controller for NamespaceController {
                 Ok(None)
             }
             Finish::Delete => {
-                let rv: i64 = str_at(&ns, "/metadata/resourceVersion").parse()?;
-                match store.delete(key, Some(rv)).await {
-                    Ok(_) | Err(cairn_store::StoreError::NotFound) => Ok(None),
-                    Err(e) => Err(e.into()),
-                }
+                // Finalizing the last finalizer away: the registry then removes it.
+                let mut new = ns.clone();
+                new["spec"]["finalizers"] = serde_json::json!([]);
+                util::update(store, namespaces(), &ns, new).await?;
+                Ok(None)
             }
             Finish::Wait => Ok(Some(Duration::from_secs(5))),
         }
@@ -352,7 +351,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn empties_and_removes_a_namespace_on_a_real_store() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = open_store(&dir);
+        let store = open_store(&dir).await;
         let s = &*store;
         let pods = util::pods();
         let cms = resources::find("", "v1", "configmaps").unwrap();
@@ -381,17 +380,14 @@ mod tests {
             pods,
             json!({"apiVersion": "v1", "kind": "Pod",
             "metadata": {"name": "bound", "namespace": "team"},
-            "spec": {"nodeName": "n1", "containers": []}}),
+            "spec": {"nodeName": "n1", "containers": [{"name": "c", "image": "busybox"}]}}),
         )
         .await
         .unwrap();
         let task = crate::spawn(NamespaceController, store.clone(), opts());
         // What the API does on DELETE.
         let ns = util::get(s, &ns_key).await.unwrap().unwrap();
-        let mut marked = ns.clone();
-        marked["metadata"]["deletionTimestamp"] = json!(now_rfc3339());
-        marked["status"]["phase"] = json!("Terminating");
-        util::update(s, namespaces(), &ns, marked).await.unwrap();
+        util::delete(s, namespaces(), &ns).await.unwrap();
 
         // The config maps go; the bound pod is only marked, waiting for its node.
         let pod_key = pods.key(Some("team"), "bound");

@@ -147,7 +147,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn every_node_gets_its_own_range_and_keeps_it() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = open_store(&dir);
+        let store = open_store(&dir).await;
         let s = &*store;
         let r = util::nodes();
         util::create(s, r, node("taken", Some("10.42.0.0/24")))

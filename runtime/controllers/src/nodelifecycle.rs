@@ -474,7 +474,7 @@ mod tests {
     async fn taints_and_evicts_on_a_real_store() {
         use std::sync::atomic::{AtomicI64, Ordering};
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = open_store(&dir);
+        let store = open_store(&dir).await;
         let s = &*store;
         let now = Arc::new(AtomicI64::new(1_000_000));
         let clock = now.clone();
@@ -495,7 +495,7 @@ mod tests {
             pods,
             json!({"apiVersion": "v1", "kind": "Pod",
             "metadata": {"name": "p", "namespace": "default"},
-            "spec": {"nodeName": "n1", "containers": []},
+            "spec": {"nodeName": "n1", "containers": [{"name": "c", "image": "busybox"}]},
             "status": {"phase": "Running"}}),
         )
         .await

@@ -13,7 +13,7 @@ use super::util;
 use super::Controller;
 use anyhow::Result;
 use async_trait::async_trait;
-use cairn_api::objects::{decode, generated_name};
+use cairn_api::objects::decode;
 use cairn_store::{Event, Store};
 use cairn_wire::value::str_at;
 use serde_json::{json, Map, Value};
@@ -184,70 +184,7 @@ fn deletion_rank(pod: &Value) -> (u8, u8, u8, i64, i64, i64) {
 
 /// A new pod from the ReplicaSet's template, controlled by it.
 pub fn pod_from_template(rs: &Value) -> Value {
-    let template = &rs["spec"]["template"];
-    let mut prefix = format!("{}-", util::name(rs));
-    if prefix.len() > 58 {
-        prefix.truncate(58);
-    }
-    let mut metadata = json!({
-        "name": generated_name(&prefix),
-        "generateName": format!("{}-", util::name(rs)),
-        "namespace": util::namespace(rs),
-        "ownerReferences": [util::controller_owner_ref(rs, "apps/v1", "ReplicaSet")],
-    });
-    for field in ["labels", "annotations", "finalizers"] {
-        if let Some(v) = template["metadata"].get(field).filter(|v| !v.is_null()) {
-            metadata[field] = v.clone();
-        }
-    }
-    let spec = template.get("spec").cloned().unwrap_or_else(|| json!({}));
-    let qos = qos_class(&spec);
-    json!({
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": metadata,
-        "spec": spec,
-        "status": {"phase": "Pending", "qosClass": qos},
-    })
-}
-
-/// The pod's QoS class, as kube-apiserver sets it on creation.
-pub fn qos_class(spec: &Value) -> &'static str {
-    let containers: Vec<&Value> = ["containers", "initContainers"]
-        .iter()
-        .filter_map(|f| spec[*f].as_array())
-        .flatten()
-        .collect();
-    let mut any = false;
-    let mut guaranteed = !containers.is_empty();
-    for c in containers {
-        let requests = &c["resources"]["requests"];
-        let limits = &c["resources"]["limits"];
-        for r in ["cpu", "memory"] {
-            let req = requests[r]
-                .as_str()
-                .and_then(cairn_wire::quantity::parse_quantity);
-            let lim = limits[r]
-                .as_str()
-                .and_then(cairn_wire::quantity::parse_quantity);
-            if req.is_some_and(|q| q > 0) || lim.is_some_and(|q| q > 0) {
-                any = true;
-            }
-            // Requests default to limits; Guaranteed needs both limits, equal to requests.
-            match (req, lim) {
-                (_, None) => guaranteed = false,
-                (Some(q), Some(l)) if q != l => guaranteed = false,
-                _ => {}
-            }
-        }
-    }
-    if !any {
-        "BestEffort"
-    } else if guaranteed {
-        "Guaranteed"
-    } else {
-        "Burstable"
-    }
+    util::pod_from_template(rs, "apps/v1", "ReplicaSet", None, &[])
 }
 
 /// Runs [`reconcile`] against the store.
@@ -329,7 +266,7 @@ impl Controller for ReplicaSetController {
             util::update(store, pods_r, &old, new).await?;
         }
         for pod in plan.create {
-            create_pod(store, &rs, pod).await?;
+            util::create(store, util::pods(), pod).await?;
         }
         for pod in &plan.delete {
             util::delete(store, pods_r, pod).await?;
@@ -342,25 +279,6 @@ impl Controller for ReplicaSetController {
         Ok(plan
             .requeue_after
             .map(|s| Duration::from_secs(s.max(1) as u64)))
-    }
-}
-
-/// Creates a pod, choosing another random name if the first one is taken.
-async fn create_pod(store: &dyn Store, rs: &Value, mut pod: Value) -> Result<()> {
-    let mut tries = 0;
-    loop {
-        match util::create(store, util::pods(), pod.clone()).await {
-            Err(e)
-                if tries < 5
-                    && util::is_store_error(&e, |s| {
-                        matches!(s, cairn_store::StoreError::AlreadyExists)
-                    }) =>
-            {
-                tries += 1;
-                pod["metadata"]["name"] = json!(pod_from_template(rs)["metadata"]["name"]);
-            }
-            other => return other.map(|_| ()),
-        }
     }
 }
 
@@ -421,7 +339,6 @@ mod tests {
         assert_eq!(owner["blockOwnerDeletion"], true);
         assert_eq!(owner["kind"], "ReplicaSet");
         assert_eq!(p["spec"]["containers"][0]["image"], "nginx");
-        assert_eq!(p["status"]["qosClass"], "BestEffort");
         let status = plan.status.unwrap();
         assert_eq!(status["replicas"], 0);
         assert_eq!(status["observedGeneration"], 2);
@@ -502,24 +419,5 @@ mod tests {
         r["metadata"]["deletionTimestamp"] = json!(rfc3339(1));
         let plan = reconcile(&r, &[pod("orphan", None, json!({"app": "web"}))], 1000);
         assert!(plan.create.is_empty() && plan.pod_updates.is_empty());
-    }
-
-    #[test]
-    fn qos_classes() {
-        let c = |res: Value| json!({"containers": [{"name": "c", "resources": res}]});
-        assert_eq!(qos_class(&c(json!({}))), "BestEffort");
-        assert_eq!(
-            qos_class(&c(json!({"limits": {"cpu": "1", "memory": "1Gi"}}))),
-            "Guaranteed"
-        );
-        assert_eq!(
-            qos_class(&c(json!({"requests": {"cpu": "500m", "memory": "1Gi"},
-                                "limits": {"cpu": "1", "memory": "1Gi"}}))),
-            "Burstable"
-        );
-        assert_eq!(
-            qos_class(&c(json!({"requests": {"cpu": "1"}}))),
-            "Burstable"
-        );
     }
 }

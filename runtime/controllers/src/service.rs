@@ -346,7 +346,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn allocates_on_a_real_store() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = open_store(&dir);
+        let store = open_store(&dir).await;
         let task = crate::spawn(ServiceController, store.clone(), opts());
         let s = &*store;
         let r = services();
@@ -354,7 +354,7 @@ mod tests {
             ("a", json!({"ports": [{"port": 80}]})),
             (
                 "b",
-                json!({"type": "NodePort", "ports": [{"port": 80}, {"port": 81}]}),
+                json!({"type": "NodePort", "ports": [{"name": "a", "port": 80}, {"name": "b", "port": 81}]}),
             ),
             ("h", json!({"clusterIP": "None", "ports": [{"port": 80}]})),
         ] {

@@ -414,7 +414,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn statefulset_starts_pods_in_order_on_a_store() {
-        let (_dir, store) = crate::job::tests::temp_store();
+        let (_dir, store) = crate::job::tests::temp_store().await;
         let s = &*store;
         let task = crate::spawn(
             StatefulSetController,

@@ -3,7 +3,6 @@
 
 use super::util;
 use super::*;
-use cairn_store::SqliteStore;
 use serde_json::{json, Value};
 
 use super::testkit::eventually;
@@ -45,9 +44,7 @@ async fn fake_agent(store: Arc<dyn Store>, node: &'static str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deployment_rolls_out_updates_and_is_collected() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store: Arc<dyn Store> =
-        Arc::new(SqliteStore::open(&dir.path().join("state.db")).expect("open store"));
+    let (_dir, store) = super::testkit::temp_store().await;
     let opts = LoopOptions {
         resync: Duration::from_secs(2),
     };
@@ -194,9 +191,7 @@ async fn deployment_rolls_out_updates_and_is_collected() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_collector_policies() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store: Arc<dyn Store> =
-        Arc::new(SqliteStore::open(&dir.path().join("state.db")).expect("open store"));
+    let (_dir, store) = super::testkit::temp_store().await;
     let s = &*store;
     let (replicasets, pods, cms) = (
         util::replicasets(),
@@ -205,7 +200,10 @@ async fn garbage_collector_policies() {
     );
     let owner = |name: &str, finalizer: Option<&str>| {
         let mut o = json!({"apiVersion": "apps/v1", "kind": "ReplicaSet",
-            "metadata": {"name": name, "namespace": "default"}, "spec": {"replicas": 0}});
+            "metadata": {"name": name, "namespace": "default"}, "spec": {"replicas": 0,
+                "selector": {"matchLabels": {"app": name}},
+                "template": {"metadata": {"labels": {"app": name}},
+                             "spec": {"containers": [{"name": "c", "image": "busybox"}]}}}});
         if let Some(f) = finalizer {
             o["metadata"]["finalizers"] = json!([f]);
         }
@@ -270,9 +268,7 @@ async fn garbage_collector_policies() {
         .unwrap();
     // What the API does for propagationPolicy Orphan / Foreground: mark, keep the finalizer.
     for o in [&orphaning, &foreground] {
-        let mut marked = o.clone();
-        marked["metadata"]["deletionTimestamp"] = json!(cairn_wire::time::now_rfc3339());
-        util::update(s, replicasets, o, marked).await.unwrap();
+        util::delete(s, replicasets, o).await.unwrap();
     }
     let cm = |name: &'static str| async move {
         util::get(s, &cms.key(Some("default"), name)).await.unwrap()

@@ -2,7 +2,8 @@
 //! does, owner references, selectors, pod readiness, timestamps.
 
 use anyhow::{anyhow, Result};
-use cairn_api::objects::{self, decode, encode};
+use cairn_api::objects::{self, decode};
+use cairn_api::registry::{self, Part, RegistryError, WriteOptions};
 use cairn_api::resources::{self, Resource};
 use cairn_api::selectors::LabelSelector;
 use cairn_store::{Store, StoreError};
@@ -153,9 +154,17 @@ pub fn pod_available(pod: &Value, min_ready_seconds: i64, now: i64) -> (bool, Op
     }
 }
 
-fn api_error(e: cairn_api::status::ApiError) -> anyhow::Error {
-    anyhow!(e.message)
+/// A registry failure as the controllers see it: store errors stay store errors (so a
+/// caller can tell a conflict or a missing object), API refusals carry their message.
+fn registry_error(e: RegistryError) -> anyhow::Error {
+    match e {
+        RegistryError::Store(s) => s.into(),
+        RegistryError::Api(a) => anyhow!("{}", a.message),
+    }
 }
+
+/// The field manager the controllers' writes are recorded under.
+const MANAGER: &str = "cairn-controller-manager";
 
 /// The objects under `prefix`, as the API shows them (with resourceVersion).
 pub async fn list(store: &dyn Store, prefix: &str) -> Result<Vec<Value>> {
@@ -172,7 +181,7 @@ pub async fn list(store: &dyn Store, prefix: &str) -> Result<Vec<Value>> {
 
 pub async fn get(store: &dyn Store, key: &str) -> Result<Option<Value>> {
     match store.get(key).await? {
-        Some(rec) => Ok(Some(decode(&rec).map_err(api_error)?)),
+        Some(rec) => Ok(Some(decode(&rec).map_err(|e| anyhow!("{}", e.message))?)),
         None => Ok(None),
     }
 }
@@ -183,70 +192,37 @@ fn revision_of(obj: &Value) -> Result<i64> {
         .map_err(|_| anyhow!("object {} has no resourceVersion", name(obj)))
 }
 
-/// Creates an object as the API server would: uid, creationTimestamp, generation.
-pub async fn create(store: &dyn Store, r: &Resource, mut obj: Value) -> Result<Value> {
-    let m = &mut obj["metadata"];
-    m["uid"] = json!(objects::new_uid());
-    m["creationTimestamp"] = json!(cairn_wire::time::now_rfc3339());
-    if let Some(map) = m.as_object_mut() {
-        map.remove("resourceVersion");
-    }
-    if obj.get("spec").is_some() {
-        obj["metadata"]["generation"] = json!(1);
-    }
-    let rec = store
-        .create(&key_of(r, &obj), encode(&obj).map_err(api_error)?)
-        .await?;
-    Ok(objects::with_revision(obj, rec.revision))
+/// Creates an object through the registry, as the API server would create it (a taken
+/// generated name is drawn again there).
+pub async fn create(store: &dyn Store, r: &Resource, obj: Value) -> Result<Value> {
+    registry::create(store, r, obj, &WriteOptions::in_process(MANAGER))
+        .await
+        .map_err(registry_error)
 }
 
-/// Replaces `old` (as read, with its resourceVersion) by `new`, compare-and-swap; bumps
-/// `metadata.generation` when the spec changed, as the API server does.
-pub async fn update(store: &dyn Store, r: &Resource, old: &Value, mut new: Value) -> Result<Value> {
-    let expected = revision_of(old)?;
-    if new.get("spec").is_some() {
-        let generation = old["metadata"]["generation"].as_i64().unwrap_or(0);
-        let changed = new.get("spec") != old.get("spec");
-        new["metadata"]["generation"] = json!(if changed {
-            generation + 1
-        } else {
-            generation.max(1)
-        });
-    }
-    let rec = store
-        .update(&key_of(r, old), encode(&new).map_err(api_error)?, expected)
-        .await?;
-    Ok(objects::with_revision(new, rec.revision))
+/// Replaces `old` (as read, with its resourceVersion) by `new`, compare-and-swap, through the
+/// registry; the controller owns the spec and status it writes.
+pub async fn update(store: &dyn Store, r: &Resource, old: &Value, new: Value) -> Result<Value> {
+    registry::update(
+        store,
+        r,
+        old,
+        revision_of(old)?,
+        new,
+        Part::Whole,
+        &WriteOptions::in_process(MANAGER),
+    )
+    .await
+    .map_err(registry_error)
 }
 
-/// Deletes an object as the API server does with default options: one with finalizers, or a
-/// pod bound to a node (which its node agent stops first), only gets a deletionTimestamp.
-/// Deleting what is already gone is not an error.
+/// Deletes an object as the API server does with default options (finalizers and graceful
+/// termination of bound pods first). Deleting what is already gone is not an error.
 pub async fn delete(store: &dyn Store, r: &Resource, obj: &Value) -> Result<()> {
-    let finalizers = obj["metadata"]["finalizers"]
-        .as_array()
-        .is_some_and(|f| !f.is_empty());
-    let grace = obj["spec"]["terminationGracePeriodSeconds"]
-        .as_i64()
-        .unwrap_or(30);
-    let graceful = r.kind == "Pod" && obj["spec"]["nodeName"].is_string() && grace > 0;
-    if finalizers || graceful {
-        if is_deleting(obj) {
-            return Ok(());
-        }
-        let mut marked = obj.clone();
-        marked["metadata"]["deletionTimestamp"] = json!(cairn_wire::time::now_rfc3339());
-        if graceful {
-            marked["metadata"]["deletionGracePeriodSeconds"] = json!(grace);
-        }
-        return match update(store, r, obj, marked).await {
-            Err(e) if is_store_error(&e, |s| matches!(s, StoreError::NotFound)) => Ok(()),
-            other => other.map(|_| ()),
-        };
-    }
-    match store.delete(&key_of(r, obj), Some(revision_of(obj)?)).await {
-        Ok(_) | Err(StoreError::NotFound) => Ok(()),
-        Err(e) => Err(e.into()),
+    let opts = registry::DeleteOptions::default();
+    match registry::delete(store, r, obj, revision_of(obj)?, &opts).await {
+        Ok(_) | Err(RegistryError::Store(StoreError::NotFound)) => Ok(()),
+        Err(e) => Err(registry_error(e)),
     }
 }
 
@@ -288,34 +264,12 @@ pub fn pod_from_template(
         metadata["labels"][*k] = json!(v);
     }
     let spec = template.get("spec").cloned().unwrap_or_else(|| json!({}));
-    let qos = super::replicaset::qos_class(&spec);
     json!({
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": metadata,
         "spec": spec,
-        "status": {"phase": "Pending", "qosClass": qos},
     })
-}
-
-/// Creates an object; when its name was generated (`generateName`) and is taken, tries again
-/// with another random suffix.
-pub async fn create_generated(store: &dyn Store, r: &Resource, mut obj: Value) -> Result<Value> {
-    let mut tries = 0;
-    loop {
-        match create(store, r, obj.clone()).await {
-            Err(e)
-                if tries < 5
-                    && obj["metadata"]["generateName"].is_string()
-                    && is_store_error(&e, |s| matches!(s, StoreError::AlreadyExists)) =>
-            {
-                tries += 1;
-                let prefix = str_at(&obj, "/metadata/generateName").to_string();
-                obj["metadata"]["name"] = json!(objects::generated_name(&prefix));
-            }
-            other => return other,
-        }
-    }
 }
 
 /// The store key of `obj`'s controller when it is a `kind` of `api_group` (e.g. "apps").

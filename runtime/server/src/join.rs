@@ -243,6 +243,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let store: Arc<dyn Store> =
             Arc::new(cairn_store::SqliteStore::open(&dir.path().join("state.db")).expect("store"));
+        crate::bootstrap(&store).await.expect("bootstrap");
         let secrets = StoreSecrets(store);
         check_node_password(&secrets, "n1", "first-machine-password")
             .await

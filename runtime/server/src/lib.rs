@@ -63,37 +63,31 @@ fn serving_names(opts: &ServerOptions) -> Vec<String> {
     names
 }
 
-async fn bootstrap(store: &Arc<dyn Store>) -> Result<()> {
+/// What a new cluster has before anything else: the system namespaces and the DNS Service.
+pub(crate) async fn bootstrap(store: &Arc<dyn Store>) -> Result<()> {
+    use cairn_controllers::util;
     cairn_api::crd::load(store).await?;
     let ns = cairn_api::resources::find("", "v1", "namespaces").context("namespaces resource")?;
     for name in SYSTEM_NAMESPACES {
-        let key = ns.key(None, name);
-        if store.get(&key).await?.is_none() {
+        if store.get(&ns.key(None, name)).await?.is_none() {
             let obj = serde_json::json!({
-                "apiVersion": "v1", "kind": "Namespace",
-                "metadata": {"name": name, "uid": cairn_api::objects::new_uid(),
-                             "creationTimestamp": cairn_wire::time::now_rfc3339(),
-                             "labels": {"kubernetes.io/metadata.name": name}},
-                "spec": {"finalizers": ["kubernetes"]},
-                "status": {"phase": "Active"},
+                "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name},
             });
-            match store.create(&key, serde_json::to_vec(&obj)?).await {
-                Ok(_) | Err(cairn_store::StoreError::AlreadyExists) => {}
-                Err(e) => return Err(e.into()),
-            }
+            create_once(util::create(&**store, ns, obj).await)?;
         }
     }
     // Cluster DNS is answered by every node's agent at this address (pods' resolv.conf names
     // it); the Service makes it discoverable as CoreDNS's would be in K3s.
     let services = cairn_api::resources::find("", "v1", "services").context("services resource")?;
-    let key = services.key(Some("kube-system"), "kube-dns");
-    if store.get(&key).await?.is_none() {
+    if store
+        .get(&services.key(Some("kube-system"), "kube-dns"))
+        .await?
+        .is_none()
+    {
         let ip = CLUSTER_DNS_IP;
         let obj = serde_json::json!({
             "apiVersion": "v1", "kind": "Service",
             "metadata": {"name": "kube-dns", "namespace": "kube-system",
-                         "uid": cairn_api::objects::new_uid(),
-                         "creationTimestamp": cairn_wire::time::now_rfc3339(),
                          "labels": {"k8s-app": "kube-dns", "kubernetes.io/name": "cairn-dns",
                                     "kubernetes.io/cluster-service": "true"}},
             "spec": {"type": "ClusterIP", "clusterIP": ip, "clusterIPs": [ip],
@@ -103,12 +97,23 @@ async fn bootstrap(store: &Arc<dyn Store>) -> Result<()> {
                                {"name": "dns-tcp", "port": 53, "protocol": "TCP", "targetPort": 53}]},
             "status": {"loadBalancer": {}},
         });
-        match store.create(&key, serde_json::to_vec(&obj)?).await {
-            Ok(_) | Err(cairn_store::StoreError::AlreadyExists) => {}
-            Err(e) => return Err(e.into()),
-        }
+        create_once(util::create(&**store, services, obj).await)?;
     }
     Ok(())
+}
+
+/// A bootstrap create that another start may have won.
+fn create_once(created: Result<serde_json::Value>) -> Result<()> {
+    match created {
+        Err(e)
+            if cairn_controllers::util::is_store_error(&e, |s| {
+                matches!(s, cairn_store::StoreError::AlreadyExists)
+            }) =>
+        {
+            Ok(())
+        }
+        other => other.map(|_| ()),
+    }
 }
 
 /// Endpoints and an EndpointSlice for the `kubernetes` Service, so pods reach the API at

@@ -517,6 +517,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let store: Arc<dyn Store> =
             Arc::new(cairn_store::SqliteStore::open(&dir.path().join("state.db")).expect("store"));
+        crate::bootstrap(&store).await.expect("bootstrap");
         let api = StoreSecrets(store);
         let full = create(&api, HASH, Some(Duration::from_secs(3600)), "for n2")
             .await

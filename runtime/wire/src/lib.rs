@@ -6,6 +6,7 @@ pub mod client;
 pub mod join;
 pub mod kubeconfig;
 pub mod net;
+pub mod qos;
 pub mod quantity;
 pub mod secret;
 pub mod time;
