@@ -386,48 +386,7 @@ pub fn format_rfc3339_nano(nanos: i128, fixed: bool) -> String {
     format!("{base}.{}Z", digits.trim_end_matches('0'))
 }
 
-/// Nanoseconds since the epoch of an RFC3339 time with optional fraction and offset.
-pub fn parse_rfc3339_nanos(s: &str) -> Option<i128> {
-    let b = s.as_bytes();
-    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') {
-        return None;
-    }
-    let num = |r: std::ops::Range<usize>| -> Option<i64> { s.get(r)?.parse().ok() };
-    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
-    let (hh, mm, ss) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    let mut i = 19;
-    let mut frac: i128 = 0;
-    if b.get(i) == Some(&b'.') {
-        i += 1;
-        let start = i;
-        while i < b.len() && b[i].is_ascii_digit() {
-            i += 1;
-        }
-        let digits = s.get(start..i)?;
-        let mut padded = digits.chars().take(9).collect::<String>();
-        while padded.len() < 9 {
-            padded.push('0');
-        }
-        frac = padded.parse().ok()?;
-    }
-    let offset = match s.get(i..)? {
-        "Z" | "z" => 0,
-        o if o.len() == 6 && (o.starts_with('+') || o.starts_with('-')) => {
-            let h: i64 = o.get(1..3)?.parse().ok()?;
-            let m: i64 = o.get(4..6)?.parse().ok()?;
-            let v = h * 3600 + m * 60;
-            if o.starts_with('-') {
-                -v
-            } else {
-                v
-            }
-        }
-        _ => return None,
-    };
-    let secs =
-        cairn_wire::time::days_from_civil(y, mo, d) * 86_400 + hh * 3600 + mm * 60 + ss - offset;
-    Some(i128::from(secs) * 1_000_000_000 + frac)
-}
+pub use cairn_wire::time::parse_rfc3339_nanos;
 
 #[cfg(test)]
 mod tests {

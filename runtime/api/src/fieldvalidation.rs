@@ -45,10 +45,14 @@ where
 
 fn typed_round_trip(group: &str, kind: &str, obj: &Value) -> Option<Result<Value, String>> {
     use k8s_openapi::api::{
-        apps::v1 as apps, batch::v1 as batch, coordination::v1 as coordination, core::v1 as core,
-        discovery::v1 as discovery, events::v1 as events,
+        admissionregistration::v1 as admission, apps::v1 as apps, autoscaling::v2 as autoscaling,
+        batch::v1 as batch, certificates::v1 as certificates, coordination::v1 as coordination,
+        core::v1 as core, discovery::v1 as discovery, events::v1 as events,
+        networking::v1 as networking, node::v1 as node, policy::v1 as policy, rbac::v1 as rbac,
+        scheduling::v1 as scheduling, storage::v1 as storage,
     };
     use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1 as apiextensions;
+    use k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1 as apiregistration;
     Some(match (group, kind) {
         ("", "Namespace") => round_trip::<core::Namespace>(obj),
         ("", "Node") => round_trip::<core::Node>(obj),
@@ -68,6 +72,41 @@ fn typed_round_trip(group: &str, kind: &str, obj: &Value) -> Option<Result<Value
         ("apps", "StatefulSet") => round_trip::<apps::StatefulSet>(obj),
         ("batch", "Job") => round_trip::<batch::Job>(obj),
         ("batch", "CronJob") => round_trip::<batch::CronJob>(obj),
+        ("", "PersistentVolume") => round_trip::<core::PersistentVolume>(obj),
+        ("", "PersistentVolumeClaim") => round_trip::<core::PersistentVolumeClaim>(obj),
+        ("", "ReplicationController") => round_trip::<core::ReplicationController>(obj),
+        ("", "PodTemplate") => round_trip::<core::PodTemplate>(obj),
+        ("", "LimitRange") => round_trip::<core::LimitRange>(obj),
+        ("", "ResourceQuota") => round_trip::<core::ResourceQuota>(obj),
+        ("rbac.authorization.k8s.io", "Role") => round_trip::<rbac::Role>(obj),
+        ("rbac.authorization.k8s.io", "ClusterRole") => round_trip::<rbac::ClusterRole>(obj),
+        ("rbac.authorization.k8s.io", "RoleBinding") => round_trip::<rbac::RoleBinding>(obj),
+        ("rbac.authorization.k8s.io", "ClusterRoleBinding") => {
+            round_trip::<rbac::ClusterRoleBinding>(obj)
+        }
+        ("policy", "PodDisruptionBudget") => round_trip::<policy::PodDisruptionBudget>(obj),
+        ("networking.k8s.io", "Ingress") => round_trip::<networking::Ingress>(obj),
+        ("networking.k8s.io", "IngressClass") => round_trip::<networking::IngressClass>(obj),
+        ("networking.k8s.io", "NetworkPolicy") => round_trip::<networking::NetworkPolicy>(obj),
+        ("storage.k8s.io", "StorageClass") => round_trip::<storage::StorageClass>(obj),
+        ("storage.k8s.io", "CSIDriver") => round_trip::<storage::CSIDriver>(obj),
+        ("storage.k8s.io", "CSINode") => round_trip::<storage::CSINode>(obj),
+        ("storage.k8s.io", "VolumeAttachment") => round_trip::<storage::VolumeAttachment>(obj),
+        ("autoscaling", "HorizontalPodAutoscaler") => {
+            round_trip::<autoscaling::HorizontalPodAutoscaler>(obj)
+        }
+        ("scheduling.k8s.io", "PriorityClass") => round_trip::<scheduling::PriorityClass>(obj),
+        ("admissionregistration.k8s.io", "ValidatingWebhookConfiguration") => {
+            round_trip::<admission::ValidatingWebhookConfiguration>(obj)
+        }
+        ("admissionregistration.k8s.io", "MutatingWebhookConfiguration") => {
+            round_trip::<admission::MutatingWebhookConfiguration>(obj)
+        }
+        ("apiregistration.k8s.io", "APIService") => round_trip::<apiregistration::APIService>(obj),
+        ("certificates.k8s.io", "CertificateSigningRequest") => {
+            round_trip::<certificates::CertificateSigningRequest>(obj)
+        }
+        ("node.k8s.io", "RuntimeClass") => round_trip::<node::RuntimeClass>(obj),
         ("apiextensions.k8s.io", "CustomResourceDefinition") => {
             round_trip::<apiextensions::CustomResourceDefinition>(obj)
         }

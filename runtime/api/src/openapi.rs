@@ -778,7 +778,7 @@ pub fn serve(rest: &[&str], query: Option<&str>, if_none_match: Option<&str>) ->
             .header(header::CACHE_CONTROL, "public, immutable")
             .header(
                 header::EXPIRES,
-                http_date(super::table::now_secs() + 365 * 86_400),
+                http_date(cairn_wire::time::now_secs() + 365 * 86_400),
             )
     } else {
         builder.header(header::CACHE_CONTROL, "no-cache, private")

@@ -231,6 +231,220 @@ pub const RESOURCES: &[Resource] = &[
         subresources: &["status"],
         ..R
     },
+    // core/v1, the rest of it.
+    Resource {
+        kind: "PersistentVolume",
+        plural: "persistentvolumes",
+        singular: "persistentvolume",
+        namespaced: false,
+        short_names: &["pv"],
+        subresources: &["status"],
+        ..R
+    },
+    Resource {
+        kind: "PersistentVolumeClaim",
+        plural: "persistentvolumeclaims",
+        singular: "persistentvolumeclaim",
+        short_names: &["pvc"],
+        subresources: &["status"],
+        ..R
+    },
+    Resource {
+        kind: "ReplicationController",
+        plural: "replicationcontrollers",
+        singular: "replicationcontroller",
+        short_names: &["rc"],
+        subresources: &["status", "scale"],
+        categories: &["all"],
+        fields: &["status.replicas"],
+        ..R
+    },
+    Resource {
+        kind: "PodTemplate",
+        plural: "podtemplates",
+        singular: "podtemplate",
+        ..R
+    },
+    Resource {
+        kind: "LimitRange",
+        plural: "limitranges",
+        singular: "limitrange",
+        short_names: &["limits"],
+        ..R
+    },
+    Resource {
+        kind: "ResourceQuota",
+        plural: "resourcequotas",
+        singular: "resourcequota",
+        short_names: &["quota"],
+        subresources: &["status"],
+        ..R
+    },
+    Resource {
+        group: "rbac.authorization.k8s.io",
+        kind: "Role",
+        plural: "roles",
+        singular: "role",
+        ..R
+    },
+    Resource {
+        group: "rbac.authorization.k8s.io",
+        kind: "ClusterRole",
+        plural: "clusterroles",
+        singular: "clusterrole",
+        namespaced: false,
+        ..R
+    },
+    Resource {
+        group: "rbac.authorization.k8s.io",
+        kind: "RoleBinding",
+        plural: "rolebindings",
+        singular: "rolebinding",
+        ..R
+    },
+    Resource {
+        group: "rbac.authorization.k8s.io",
+        kind: "ClusterRoleBinding",
+        plural: "clusterrolebindings",
+        singular: "clusterrolebinding",
+        namespaced: false,
+        ..R
+    },
+    Resource {
+        group: "policy",
+        kind: "PodDisruptionBudget",
+        plural: "poddisruptionbudgets",
+        singular: "poddisruptionbudget",
+        short_names: &["pdb"],
+        subresources: &["status"],
+        ..R
+    },
+    Resource {
+        group: "networking.k8s.io",
+        kind: "Ingress",
+        plural: "ingresses",
+        singular: "ingress",
+        short_names: &["ing"],
+        subresources: &["status"],
+        ..R
+    },
+    Resource {
+        group: "networking.k8s.io",
+        kind: "IngressClass",
+        plural: "ingressclasses",
+        singular: "ingressclass",
+        namespaced: false,
+        ..R
+    },
+    Resource {
+        group: "networking.k8s.io",
+        kind: "NetworkPolicy",
+        plural: "networkpolicies",
+        singular: "networkpolicy",
+        short_names: &["netpol"],
+        ..R
+    },
+    Resource {
+        group: "storage.k8s.io",
+        kind: "StorageClass",
+        plural: "storageclasses",
+        singular: "storageclass",
+        namespaced: false,
+        short_names: &["sc"],
+        ..R
+    },
+    Resource {
+        group: "storage.k8s.io",
+        kind: "CSIDriver",
+        plural: "csidrivers",
+        singular: "csidriver",
+        namespaced: false,
+        ..R
+    },
+    Resource {
+        group: "storage.k8s.io",
+        kind: "CSINode",
+        plural: "csinodes",
+        singular: "csinode",
+        namespaced: false,
+        ..R
+    },
+    Resource {
+        group: "storage.k8s.io",
+        kind: "VolumeAttachment",
+        plural: "volumeattachments",
+        singular: "volumeattachment",
+        namespaced: false,
+        subresources: &["status"],
+        ..R
+    },
+    Resource {
+        group: "autoscaling",
+        version: "v2",
+        kind: "HorizontalPodAutoscaler",
+        plural: "horizontalpodautoscalers",
+        singular: "horizontalpodautoscaler",
+        short_names: &["hpa"],
+        subresources: &["status"],
+        categories: &["all"],
+        ..R
+    },
+    Resource {
+        group: "scheduling.k8s.io",
+        kind: "PriorityClass",
+        plural: "priorityclasses",
+        singular: "priorityclass",
+        namespaced: false,
+        short_names: &["pc"],
+        ..R
+    },
+    Resource {
+        group: "admissionregistration.k8s.io",
+        kind: "ValidatingWebhookConfiguration",
+        plural: "validatingwebhookconfigurations",
+        singular: "validatingwebhookconfiguration",
+        namespaced: false,
+        categories: &["api-extensions"],
+        ..R
+    },
+    Resource {
+        group: "admissionregistration.k8s.io",
+        kind: "MutatingWebhookConfiguration",
+        plural: "mutatingwebhookconfigurations",
+        singular: "mutatingwebhookconfiguration",
+        namespaced: false,
+        categories: &["api-extensions"],
+        ..R
+    },
+    Resource {
+        group: "apiregistration.k8s.io",
+        kind: "APIService",
+        plural: "apiservices",
+        singular: "apiservice",
+        namespaced: false,
+        subresources: &["status"],
+        categories: &["api-extensions"],
+        ..R
+    },
+    Resource {
+        group: "certificates.k8s.io",
+        kind: "CertificateSigningRequest",
+        plural: "certificatesigningrequests",
+        singular: "certificatesigningrequest",
+        namespaced: false,
+        short_names: &["csr"],
+        subresources: &["status", "approval"],
+        fields: &["spec.signerName"],
+        ..R
+    },
+    Resource {
+        group: "node.k8s.io",
+        kind: "RuntimeClass",
+        plural: "runtimeclasses",
+        singular: "runtimeclass",
+        namespaced: false,
+        ..R
+    },
 ];
 
 impl Resource {

@@ -6,6 +6,7 @@
 //! are the ones kubectl shows only with `-o wide`.
 
 use super::resources::Resource;
+use cairn_wire::time::parse_rfc3339;
 use serde_json::{json, Map, Value};
 use std::collections::{BTreeSet, HashMap};
 
@@ -68,14 +69,6 @@ pub fn wants_table(accept: &str) -> bool {
         // as=Table;v=v1beta1, as=PartialObjectMetadata...: not served, try the next range.
     }
     false
-}
-
-/// Seconds since the epoch, for ages.
-pub fn now_secs() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
 }
 
 /// The Table of `objects` (all of kind `resource.kind`), as kube-apiserver prints it.
@@ -230,16 +223,16 @@ pub fn respond(
     }
     let include = IncludeObject::from_query(query.get("includeObject").map(String::as_str));
     if value.get("items").is_some() && value["kind"].as_str().is_some_and(|k| k.ends_with("List")) {
-        list_to_table(resource, &value, include, now_secs())
+        list_to_table(resource, &value, include, cairn_wire::time::now_secs())
     } else {
-        object_to_table(resource, &value, include, now_secs())
+        object_to_table(resource, &value, include, cairn_wire::time::now_secs())
     }
 }
 
 /// The object of one watch event: itself, or a one-row Table when `table` is set.
 pub fn watch_object(resource: &Resource, table: Option<IncludeObject>, obj: &Value) -> Value {
     match table {
-        Some(include) => object_to_table(resource, obj, include, now_secs()),
+        Some(include) => object_to_table(resource, obj, include, cairn_wire::time::now_secs()),
         None => obj.clone(),
     }
 }
@@ -587,6 +580,32 @@ fn printer_for(r: &Resource) -> Printer {
         ("batch", "CronJob") => p(CRONJOB_COLS, cronjob_cells),
         ("discovery.k8s.io", "EndpointSlice") => p(ENDPOINTSLICE_COLS, endpointslice_cells),
         ("apiextensions.k8s.io", "CustomResourceDefinition") => p(CRD_COLS, crd_cells),
+        ("", "PersistentVolume") => p(PV_COLS, pv_cells),
+        ("", "PersistentVolumeClaim") => p(PVC_COLS, pvc_cells),
+        ("", "ReplicationController") => p(RC_COLS, rc_cells),
+        ("", "PodTemplate") => p(PODTEMPLATE_COLS, podtemplate_cells),
+        ("", "LimitRange") => p(CREATED_AT_COLS, created_at_cells),
+        ("", "ResourceQuota") => p(QUOTA_COLS, quota_cells),
+        ("rbac.authorization.k8s.io", "Role" | "ClusterRole") => {
+            p(CREATED_AT_COLS, created_at_cells)
+        }
+        ("rbac.authorization.k8s.io", "RoleBinding" | "ClusterRoleBinding") => {
+            p(BINDING_COLS, binding_cells)
+        }
+        ("policy", "PodDisruptionBudget") => p(PDB_COLS, pdb_cells),
+        ("networking.k8s.io", "Ingress") => p(INGRESS_COLS, ingress_cells),
+        ("networking.k8s.io", "IngressClass") => p(INGRESSCLASS_COLS, ingressclass_cells),
+        ("networking.k8s.io", "NetworkPolicy") => p(NETWORKPOLICY_COLS, networkpolicy_cells),
+        ("storage.k8s.io", "StorageClass") => p(STORAGECLASS_COLS, storageclass_cells),
+        ("storage.k8s.io", "CSIDriver") => p(CSIDRIVER_COLS, csidriver_cells),
+        ("storage.k8s.io", "CSINode") => p(CSINODE_COLS, csinode_cells),
+        ("storage.k8s.io", "VolumeAttachment") => p(VOLUMEATTACHMENT_COLS, volumeattachment_cells),
+        ("autoscaling", "HorizontalPodAutoscaler") => p(HPA_COLS, hpa_cells),
+        ("scheduling.k8s.io", "PriorityClass") => p(PRIORITYCLASS_COLS, priorityclass_cells),
+        ("admissionregistration.k8s.io", _) => p(WEBHOOK_COLS, webhook_cells),
+        ("apiregistration.k8s.io", "APIService") => p(APISERVICE_COLS, apiservice_cells),
+        ("certificates.k8s.io", "CertificateSigningRequest") => p(CSR_COLS, csr_cells),
+        ("node.k8s.io", "RuntimeClass") => p(RUNTIMECLASS_COLS, runtimeclass_cells),
         _ => p(DEFAULT_COLS, default_cells),
     }
 }
@@ -624,60 +643,10 @@ fn age(obj: &Value, now: i64) -> Value {
 
 /// `translateTimestampSince`: the human age of a timestamp, `<unknown>` when unset.
 fn since(ts: &Value, now: i64) -> String {
-    match ts.as_str().and_then(parse_time) {
+    match ts.as_str().and_then(parse_rfc3339) {
         Some(t) => human_duration(now - t),
         None => "<unknown>".into(),
     }
-}
-
-/// Parses an RFC 3339 timestamp (`2024-05-01T10:00:00Z`, fractions and offsets allowed) to
-/// seconds since the epoch.
-pub fn parse_time(s: &str) -> Option<i64> {
-    let b = s.as_bytes();
-    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') {
-        return None;
-    }
-    let num = |r: std::ops::Range<usize>| -> Option<i64> {
-        let part = s.get(r)?;
-        if part.bytes().all(|c| c.is_ascii_digit()) {
-            part.parse().ok()
-        } else {
-            None
-        }
-    };
-    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
-    let (h, mi, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    if b[13] != b':' || b[16] != b':' || !(1..=12).contains(&mo) || !(1..=31).contains(&d) {
-        return None;
-    }
-    let mut rest = &s[19..];
-    if let Some(frac) = rest.strip_prefix('.') {
-        let digits = frac.bytes().take_while(u8::is_ascii_digit).count();
-        rest = &frac[digits..];
-    }
-    let offset = match rest {
-        "Z" | "z" => 0,
-        _ if rest.len() == 6 && (rest.starts_with('+') || rest.starts_with('-')) => {
-            let oh: i64 = rest.get(1..3)?.parse().ok()?;
-            let om: i64 = rest.get(4..6)?.parse().ok()?;
-            let o = oh * 3600 + om * 60;
-            if rest.starts_with('-') {
-                -o
-            } else {
-                o
-            }
-        }
-        _ => return None,
-    };
-    // Days from the civil date (Howard Hinnant's algorithm).
-    let y = if mo <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (mo + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    Some(days * 86_400 + h * 3600 + mi * 60 + sec - offset)
 }
 
 /// kube's `duration.HumanDuration`: `5s`, `3m2s`, `4h5m`, `2d3h`, `45d`, `2y3d`.
@@ -807,7 +776,7 @@ fn default_cells(obj: &Value, now: i64) -> Vec<Value> {
 fn crd_cells(obj: &Value, _now: i64) -> Vec<Value> {
     let created = obj["metadata"]["creationTimestamp"]
         .as_str()
-        .and_then(parse_time)
+        .and_then(parse_rfc3339)
         .map(cairn_wire::time::rfc3339)
         .unwrap_or_else(|| "0001-01-01T00:00:00Z".into());
     vec![name(obj), json!(created)]
@@ -944,7 +913,7 @@ fn pod_cells(pod: &Value, now: i64) -> Vec<Value> {
     let finished = |c: &Value| {
         c["lastState"]["terminated"]["finishedAt"]
             .as_str()
-            .and_then(parse_time)
+            .and_then(parse_rfc3339)
     };
 
     let mut initializing = false;
@@ -1207,12 +1176,20 @@ fn serviceaccount_cells(obj: &Value, now: i64) -> Vec<Value> {
 }
 
 fn event_cells(ev: &Value, now: i64) -> Vec<Value> {
-    let first = if ev["firstTimestamp"].as_str().and_then(parse_time).is_some() {
+    let first = if ev["firstTimestamp"]
+        .as_str()
+        .and_then(parse_rfc3339)
+        .is_some()
+    {
         since(&ev["firstTimestamp"], now)
     } else {
         since(&ev["eventTime"], now)
     };
-    let mut last = if ev["lastTimestamp"].as_str().and_then(parse_time).is_some() {
+    let mut last = if ev["lastTimestamp"]
+        .as_str()
+        .and_then(parse_rfc3339)
+        .is_some()
+    {
         since(&ev["lastTimestamp"], now)
     } else {
         first.clone()
@@ -1364,8 +1341,8 @@ fn job_cells(obj: &Value, now: i64) -> Vec<Value> {
             }
         }
     };
-    let start = status["startTime"].as_str().and_then(parse_time);
-    let end = status["completionTime"].as_str().and_then(parse_time);
+    let start = status["startTime"].as_str().and_then(parse_rfc3339);
+    let end = status["completionTime"].as_str().and_then(parse_rfc3339);
     let duration = match (start, end) {
         (None, _) => String::new(),
         (Some(s), None) => human_duration(now - s),
@@ -1470,6 +1447,718 @@ fn endpointslice_cells(obj: &Value, now: i64) -> Vec<Value> {
     ]
 }
 
+// The printers of the kinds beyond the workloads, with kube-apiserver's columns
+// (pkg/printers/internalversion).
+
+const CREATED_AT: Col = col("Created At", "date", AGE_DESC);
+const CREATED_AT_COLS: &[Col] = &[NAME, CREATED_AT];
+
+const PV_COLS: &[Col] = &[
+    NAME,
+    col("Capacity", "string", "capacity is the description of the persistent volume's resources and capacity."),
+    col("Access Modes", "string", "accessModes contains all ways the volume can be mounted."),
+    col("Reclaim Policy", "string", "persistentVolumeReclaimPolicy defines what happens to a persistent volume when released from its claim."),
+    col("Status", "string", "phase indicates if a volume is available, bound to a claim, or released by a claim."),
+    col("Claim", "string", "claimRef is part of a bi-directional binding between PersistentVolume and PersistentVolumeClaim."),
+    col("StorageClass", "string", "storageClassName is the name of StorageClass to which this persistent volume belongs."),
+    col("VolumeAttributesClass", "string", "Name of VolumeAttributesClass to which this persistent volume belongs."),
+    col("Reason", "string", "reason is a brief CamelCase string that describes any failure."),
+    AGE,
+    wide("VolumeMode", "string", "volumeMode defines if a volume is intended to be used with a formatted filesystem or to remain in raw block state."),
+];
+
+const PVC_COLS: &[Col] = &[
+    NAME,
+    col("Status", "string", "phase represents the current phase of PersistentVolumeClaim."),
+    col("Volume", "string", "volumeName is the binding reference to the PersistentVolume backing this claim."),
+    col("Capacity", "string", "capacity represents the actual resources of the underlying volume."),
+    col("Access Modes", "string", "accessModes contains the desired access modes the volume should have."),
+    col("StorageClass", "string", "storageClassName is the name of the StorageClass required by the claim."),
+    col("VolumeAttributesClass", "string", "volumeAttributesClassName may be used to set the VolumeAttributesClass used by this claim."),
+    AGE,
+    wide("VolumeMode", "string", "volumeMode defines what type of volume is required by the claim."),
+];
+
+const RC_COLS: &[Col] = &[
+    NAME,
+    col(
+        "Desired",
+        "integer",
+        "Replicas is the number of desired replicas.",
+    ),
+    col(
+        "Current",
+        "integer",
+        "Replicas is the most recently observed number of replicas.",
+    ),
+    col(
+        "Ready",
+        "integer",
+        "The number of ready replicas for this replication controller.",
+    ),
+    AGE,
+    wide("Containers", "string", CONTAINERS_DESC),
+    wide("Images", "string", IMAGES_DESC),
+    wide("Selector", "string", SELECTOR_DESC),
+];
+
+const PODTEMPLATE_COLS: &[Col] = &[
+    col("Template", "string", "The name of the template."),
+    col("Containers", "string", CONTAINERS_DESC),
+    col("Images", "string", IMAGES_DESC),
+    col("Pod Labels", "string", "The labels for the pod template."),
+];
+
+const QUOTA_COLS: &[Col] = &[
+    NAME,
+    AGE,
+    col("Request", "string", "Request represents a minimum amount of cpu/memory that a container may consume."),
+    col("Limit", "string", "Limits control the maximum amount of cpu/memory that a container may use independent of contention on the node."),
+];
+
+const BINDING_COLS: &[Col] = &[
+    NAME,
+    col("Role", "string", "RoleRef is the reference to the role."),
+    AGE,
+    wide("Users", "string", "Users in the roleBinding"),
+    wide("Groups", "string", "Groups in the roleBinding"),
+    wide(
+        "ServiceAccounts",
+        "string",
+        "ServiceAccounts in the roleBinding",
+    ),
+];
+
+const PDB_COLS: &[Col] = &[
+    NAME,
+    col("Min Available", "string", "The minimum number of pods that must be available simultaneously.  This can be either an integer or a string specifying a percentage, e.g. \"28%\"."),
+    col("Max Unavailable", "string", "The maximum number of pods that may be unavailable simultaneously.  This can be either an integer or a string specifying a percentage, e.g. \"28%\"."),
+    col("Allowed Disruptions", "integer", "Calculated number of pods that may be disrupted at this time."),
+    AGE,
+];
+
+const INGRESS_COLS: &[Col] = &[
+    NAME,
+    col("Class", "string", "The name of the IngressClass resource."),
+    col(
+        "Hosts",
+        "string",
+        "Hosts that incoming requests are matched against before the ingress rule",
+    ),
+    col(
+        "Address",
+        "string",
+        "Address is a list containing ingress points for the load-balancer",
+    ),
+    col("Ports", "string", "Ports of TLS configurations that open"),
+    AGE,
+];
+
+const INGRESSCLASS_COLS: &[Col] = &[
+    NAME,
+    col(
+        "Controller",
+        "string",
+        "Controller that is responsible for handling this class",
+    ),
+    col(
+        "Parameters",
+        "string",
+        "A reference to a resource with additional parameters",
+    ),
+    AGE,
+];
+
+const NETWORKPOLICY_COLS: &[Col] = &[NAME, col("Pod-Selector", "string", "Pod selector"), AGE];
+
+const STORAGECLASS_COLS: &[Col] = &[
+    NAME,
+    col(
+        "Provisioner",
+        "string",
+        "Indicates the type of the provisioner.",
+    ),
+    col(
+        "ReclaimPolicy",
+        "string",
+        "Indicates the type of the reclaim policy.",
+    ),
+    col(
+        "VolumeBindingMode",
+        "string",
+        "Indicates how PersistentVolumeClaims should be provisioned and bound",
+    ),
+    col(
+        "AllowVolumeExpansion",
+        "string",
+        "Indicates whether the storage class allow volume expand",
+    ),
+    AGE,
+];
+
+const CSIDRIVER_COLS: &[Col] = &[
+    NAME,
+    col("AttachRequired", "boolean", "Indicates this CSI volume driver requires an attach operation"),
+    col("PodInfoOnMount", "boolean", "Indicates this CSI volume driver requires additional pod information during mount operations"),
+    col("StorageCapacity", "boolean", "Indicates this CSI volume driver wants pod scheduling to consider the storage capacity"),
+    col("TokenRequests", "string", "Indicates the CSI driver needs pods' service account tokens it is mounting volume for to do necessary authentication."),
+    col("RequiresRepublish", "boolean", "Indicates the CSI driver wants NodePublishVolume being periodically called to reflect any possible change in the mounted volume"),
+    col("Modes", "string", "Indicates volume lifecycle modes supported by this driver"),
+    AGE,
+];
+
+const CSINODE_COLS: &[Col] = &[
+    NAME,
+    col(
+        "Drivers",
+        "integer",
+        "Drivers indicates the number of CSI drivers registered on the node",
+    ),
+    AGE,
+];
+
+const VOLUMEATTACHMENT_COLS: &[Col] = &[
+    NAME,
+    col(
+        "Attacher",
+        "string",
+        "Attacher indicates the name of the volume driver that MUST handle this request.",
+    ),
+    col("PV", "string", "Name of the persistent volume to attach."),
+    col(
+        "Node",
+        "string",
+        "The node that the volume should be attached to.",
+    ),
+    col(
+        "Attached",
+        "boolean",
+        "Indicates the volume is successfully attached.",
+    ),
+    AGE,
+];
+
+const HPA_COLS: &[Col] = &[
+    NAME,
+    col("Reference", "string", "reference to scaled resource"),
+    col("Targets", "string", "the current and target metrics"),
+    col("MinPods", "string", "minReplicas is the lower limit for the number of replicas to which the autoscaler can scale down."),
+    col("MaxPods", "integer", "maxReplicas is the upper limit for the number of replicas to which the autoscaler can scale up."),
+    col("Replicas", "integer", "currentReplicas is current number of replicas of pods managed by this autoscaler."),
+    AGE,
+];
+
+const PRIORITYCLASS_COLS: &[Col] = &[
+    NAME,
+    col("Value", "integer", "The value of this priority class. This is the actual priority that pods receive when they have the name of this class in their pod spec."),
+    col("Global-Default", "boolean", "globalDefault specifies whether this PriorityClass should be considered as the default priority for pods that do not have any priority class."),
+    AGE,
+    col("PreemptionPolicy", "string", "preemptionPolicy is the Policy for preempting pods with lower priority."),
+];
+
+const WEBHOOK_COLS: &[Col] = &[
+    NAME,
+    col(
+        "Webhooks",
+        "integer",
+        "Webhooks indicates the number of webhooks registered in this configuration",
+    ),
+    AGE,
+];
+
+const APISERVICE_COLS: &[Col] = &[
+    NAME,
+    col(
+        "Service",
+        "string",
+        "The reference to the service that hosts this API endpoint.",
+    ),
+    col("Available", "string", "Whether this service is available."),
+    AGE,
+];
+
+const CSR_COLS: &[Col] = &[
+    NAME,
+    AGE,
+    col(
+        "SignerName",
+        "string",
+        "Name of the signer that will sign the certificate.",
+    ),
+    col(
+        "Requestor",
+        "string",
+        "Name of the user which made this request.",
+    ),
+    col(
+        "RequestedDuration",
+        "string",
+        "Requested duration of the issued certificate.",
+    ),
+    col(
+        "Condition",
+        "string",
+        "The current status of the request: Approved, Denied, Issued, Failed, Pending.",
+    ),
+];
+
+const RUNTIMECLASS_COLS: &[Col] = &[
+    NAME,
+    col("Handler", "string", "Handler is the name of the underlying runtime and configuration that the CRI implementation will use to handle pods of this class."),
+    AGE,
+];
+
+fn created_at_cells(obj: &Value, _now: i64) -> Vec<Value> {
+    crd_cells(obj, _now)
+}
+
+fn access_modes(v: &Value) -> String {
+    let short: Vec<&str> = arr(v)
+        .iter()
+        .map(|m| match st(m) {
+            "ReadWriteOnce" => "RWO",
+            "ReadOnlyMany" => "ROX",
+            "ReadWriteMany" => "RWX",
+            "ReadWriteOncePod" => "RWOP",
+            other => other,
+        })
+        .collect();
+    short.join(",")
+}
+
+fn storage_class_of(obj: &Value) -> String {
+    let from_spec = st(&obj["spec"]["storageClassName"]);
+    let annotated = st(&obj["metadata"]["annotations"]["volume.beta.kubernetes.io/storage-class"]);
+    if !from_spec.is_empty() {
+        from_spec.to_string()
+    } else {
+        annotated.to_string()
+    }
+}
+
+fn pv_cells(obj: &Value, now: i64) -> Vec<Value> {
+    let spec = &obj["spec"];
+    let claim = match spec["claimRef"].as_object() {
+        Some(c) => format!(
+            "{}/{}",
+            c.get("namespace").map(st).unwrap_or(""),
+            c.get("name").map(st).unwrap_or("")
+        ),
+        None => String::new(),
+    };
+    vec![
+        name(obj),
+        json!(st(&spec["capacity"]["storage"])),
+        json!(access_modes(&spec["accessModes"])),
+        json!(or_default(
+            st(&spec["persistentVolumeReclaimPolicy"]),
+            "Retain"
+        )),
+        json!(st(&obj["status"]["phase"])),
+        json!(claim),
+        json!(storage_class_of(obj)),
+        json!(or_unset(st(&spec["volumeAttributesClassName"]))),
+        json!(st(&obj["status"]["reason"])),
+        age(obj, now),
+        json!(or_default(st(&spec["volumeMode"]), "Filesystem")),
+    ]
+}
+
+fn or_default<'a>(s: &'a str, d: &'a str) -> &'a str {
+    if s.is_empty() {
+        d
+    } else {
+        s
+    }
+}
+
+fn or_unset(s: &str) -> String {
+    if s.is_empty() {
+        "<unset>".into()
+    } else {
+        s.to_string()
+    }
+}
+
+fn pvc_cells(obj: &Value, now: i64) -> Vec<Value> {
+    let spec = &obj["spec"];
+    let bound = !st(&spec["volumeName"]).is_empty();
+    let (capacity, modes) = if bound {
+        (
+            st(&obj["status"]["capacity"]["storage"]).to_string(),
+            access_modes(&obj["status"]["accessModes"]),
+        )
+    } else {
+        (String::new(), String::new())
+    };
+    vec![
+        name(obj),
+        json!(or_default(st(&obj["status"]["phase"]), "Pending")),
+        json!(st(&spec["volumeName"])),
+        json!(capacity),
+        json!(modes),
+        json!(storage_class_of(obj)),
+        json!(or_unset(st(&spec["volumeAttributesClassName"]))),
+        age(obj, now),
+        json!(or_default(st(&spec["volumeMode"]), "Filesystem")),
+    ]
+}
+
+fn rc_cells(obj: &Value, now: i64) -> Vec<Value> {
+    let status = &obj["status"];
+    let (containers, images) =
+        containers_and_images(&obj["spec"]["template"]["spec"]["containers"]);
+    vec![
+        name(obj),
+        json!(desired_replicas(obj)),
+        json!(int(&status["replicas"])),
+        json!(int(&status["readyReplicas"])),
+        age(obj, now),
+        containers,
+        images,
+        json!(format_labels(&obj["spec"]["selector"])),
+    ]
+}
+
+fn podtemplate_cells(obj: &Value, _now: i64) -> Vec<Value> {
+    let (containers, images) = containers_and_images(&obj["template"]["spec"]["containers"]);
+    vec![
+        name(obj),
+        containers,
+        images,
+        json!(format_labels(&obj["template"]["metadata"]["labels"])),
+    ]
+}
+
+/// `requests.cpu: 0/1, ...` for the Request and Limit columns of a quota.
+fn quota_cells(obj: &Value, now: i64) -> Vec<Value> {
+    let hard = obj["status"]["hard"]
+        .as_object()
+        .or(obj["spec"]["hard"].as_object());
+    let used = &obj["status"]["used"];
+    let mut requests = Vec::new();
+    let mut limits = Vec::new();
+    for (k, v) in hard.into_iter().flatten() {
+        let cell = format!(
+            "{k}: {}/{}",
+            used[k.as_str()].as_str().unwrap_or("0"),
+            st(v)
+        );
+        if k.starts_with("limits.") {
+            limits.push(cell);
+        } else {
+            requests.push(cell);
+        }
+    }
+    vec![
+        name(obj),
+        age(obj, now),
+        json!(requests.join(", ")),
+        json!(limits.join(", ")),
+    ]
+}
+
+fn binding_cells(obj: &Value, now: i64) -> Vec<Value> {
+    let subjects = arr(&obj["subjects"]);
+    let of = |kind: &str| -> String {
+        let v: Vec<String> = subjects
+            .iter()
+            .filter(|s| st(&s["kind"]) == kind)
+            .map(|s| {
+                if kind == "ServiceAccount" {
+                    format!("{}/{}", st(&s["namespace"]), st(&s["name"]))
+                } else {
+                    st(&s["name"]).to_string()
+                }
+            })
+            .collect();
+        v.join(", ")
+    };
+    vec![
+        name(obj),
+        json!(format!(
+            "{}/{}",
+            st(&obj["roleRef"]["kind"]),
+            st(&obj["roleRef"]["name"])
+        )),
+        age(obj, now),
+        json!(of("User")),
+        json!(of("Group")),
+        json!(of("ServiceAccount")),
+    ]
+}
+
+fn int_or_string(v: &Value) -> String {
+    match v {
+        Value::Number(n) => n.to_string(),
+        Value::String(s) => s.clone(),
+        _ => "N/A".into(),
+    }
+}
+
+fn pdb_cells(obj: &Value, now: i64) -> Vec<Value> {
+    vec![
+        name(obj),
+        json!(int_or_string(&obj["spec"]["minAvailable"])),
+        json!(int_or_string(&obj["spec"]["maxUnavailable"])),
+        json!(int(&obj["status"]["disruptionsAllowed"])),
+        age(obj, now),
+    ]
+}
+
+fn ingress_cells(obj: &Value, now: i64) -> Vec<Value> {
+    let spec = &obj["spec"];
+    let mut hosts: Vec<&str> = arr(&spec["rules"])
+        .iter()
+        .map(|r| st(&r["host"]))
+        .filter(|h| !h.is_empty())
+        .collect();
+    if hosts.is_empty() {
+        hosts.push("*");
+    }
+    let addresses: Vec<&str> = arr(&obj["status"]["loadBalancer"]["ingress"])
+        .iter()
+        .map(|i| {
+            if st(&i["ip"]).is_empty() {
+                st(&i["hostname"])
+            } else {
+                st(&i["ip"])
+            }
+        })
+        .collect();
+    let ports = if arr(&spec["tls"]).is_empty() {
+        "80"
+    } else {
+        "80, 443"
+    };
+    let class = st(&spec["ingressClassName"]);
+    vec![
+        name(obj),
+        json!(if class.is_empty() { "<none>" } else { class }),
+        json!(hosts.join(",")),
+        json!(addresses.join(",")),
+        json!(ports),
+        age(obj, now),
+    ]
+}
+
+fn ingressclass_cells(obj: &Value, now: i64) -> Vec<Value> {
+    let p = &obj["spec"]["parameters"];
+    let params = if p.is_object() {
+        let group = st(&p["apiGroup"]);
+        let kind = if group.is_empty() {
+            st(&p["kind"]).to_string()
+        } else {
+            format!("{}.{group}", st(&p["kind"]))
+        };
+        format!("{kind}/{}", st(&p["name"]))
+    } else {
+        "<none>".into()
+    };
+    vec![
+        name(obj),
+        json!(st(&obj["spec"]["controller"])),
+        json!(params),
+        age(obj, now),
+    ]
+}
+
+fn networkpolicy_cells(obj: &Value, now: i64) -> Vec<Value> {
+    let sel = format_label_selector(&obj["spec"]["podSelector"]);
+    vec![name(obj), json!(sel), age(obj, now)]
+}
+
+fn storageclass_cells(obj: &Value, now: i64) -> Vec<Value> {
+    let mut n = st(&obj["metadata"]["name"]).to_string();
+    let ann = &obj["metadata"]["annotations"];
+    if st(&ann["storageclass.kubernetes.io/is-default-class"]) == "true"
+        || st(&ann["storageclass.beta.kubernetes.io/is-default-class"]) == "true"
+    {
+        n.push_str(" (default)");
+    }
+    vec![
+        json!(n),
+        json!(st(&obj["provisioner"])),
+        json!(or_default(st(&obj["reclaimPolicy"]), "Delete")),
+        json!(or_default(st(&obj["volumeBindingMode"]), "Immediate")),
+        json!(obj["allowVolumeExpansion"].as_bool().unwrap_or(false)),
+        age(obj, now),
+    ]
+}
+
+fn csidriver_cells(obj: &Value, now: i64) -> Vec<Value> {
+    let spec = &obj["spec"];
+    let audiences: Vec<&str> = arr(&spec["tokenRequests"])
+        .iter()
+        .map(|t| st(&t["audience"]))
+        .collect();
+    let modes: Vec<&str> = arr(&spec["volumeLifecycleModes"]).iter().map(st).collect();
+    vec![
+        name(obj),
+        json!(spec["attachRequired"].as_bool().unwrap_or(true)),
+        json!(spec["podInfoOnMount"].as_bool().unwrap_or(false)),
+        json!(spec["storageCapacity"].as_bool().unwrap_or(false)),
+        json!(if audiences.is_empty() {
+            "<unset>".to_string()
+        } else {
+            audiences.join(",")
+        }),
+        json!(spec["requiresRepublish"].as_bool().unwrap_or(false)),
+        json!(if modes.is_empty() {
+            "Persistent".to_string()
+        } else {
+            modes.join(",")
+        }),
+        age(obj, now),
+    ]
+}
+
+fn csinode_cells(obj: &Value, now: i64) -> Vec<Value> {
+    vec![
+        name(obj),
+        json!(arr(&obj["spec"]["drivers"]).len()),
+        age(obj, now),
+    ]
+}
+
+fn volumeattachment_cells(obj: &Value, now: i64) -> Vec<Value> {
+    let spec = &obj["spec"];
+    vec![
+        name(obj),
+        json!(st(&spec["attacher"])),
+        json!(st(&spec["source"]["persistentVolumeName"])),
+        json!(st(&spec["nodeName"])),
+        json!(obj["status"]["attached"].as_bool().unwrap_or(false)),
+        age(obj, now),
+    ]
+}
+
+fn hpa_cells(obj: &Value, now: i64) -> Vec<Value> {
+    let spec = &obj["spec"];
+    let target = &spec["scaleTargetRef"];
+    let metrics = arr(&spec["metrics"]);
+    let current = arr(&obj["status"]["currentMetrics"]);
+    let mut targets: Vec<String> = Vec::new();
+    for (i, m) in metrics.iter().enumerate() {
+        if st(&m["type"]) != "Resource" {
+            targets.push(format!("<unknown>/{}", st(&m["type"])));
+            continue;
+        }
+        let t = &m["resource"]["target"];
+        let cur = &current
+            .get(i)
+            .map_or(&Value::Null, |c| &c["resource"]["current"]);
+        let name = st(&m["resource"]["name"]);
+        if let Some(u) = t["averageUtilization"].as_i64() {
+            let now = cur["averageUtilization"]
+                .as_i64()
+                .map_or("<unknown>".into(), |c| format!("{c}%"));
+            targets.push(format!("{name}: {now}/{u}%"));
+        } else {
+            let want = if st(&t["averageValue"]).is_empty() {
+                st(&t["value"])
+            } else {
+                st(&t["averageValue"])
+            };
+            let have = if st(&cur["averageValue"]).is_empty() {
+                "<unknown>"
+            } else {
+                st(&cur["averageValue"])
+            };
+            targets.push(format!("{name}: {have}/{want}"));
+        }
+    }
+    let targets = if targets.is_empty() {
+        "<none>".to_string()
+    } else {
+        targets.join(", ")
+    };
+    let min = spec["minReplicas"]
+        .as_i64()
+        .map_or("<unset>".into(), |m| m.to_string());
+    vec![
+        name(obj),
+        json!(format!("{}/{}", st(&target["kind"]), st(&target["name"]))),
+        json!(targets),
+        json!(min),
+        json!(int(&spec["maxReplicas"])),
+        json!(int(&obj["status"]["currentReplicas"])),
+        age(obj, now),
+    ]
+}
+
+fn priorityclass_cells(obj: &Value, now: i64) -> Vec<Value> {
+    vec![
+        name(obj),
+        json!(int(&obj["value"])),
+        json!(obj["globalDefault"].as_bool().unwrap_or(false)),
+        age(obj, now),
+        json!(or_default(
+            st(&obj["preemptionPolicy"]),
+            "PreemptLowerPriority"
+        )),
+    ]
+}
+
+fn webhook_cells(obj: &Value, now: i64) -> Vec<Value> {
+    vec![name(obj), json!(arr(&obj["webhooks"]).len()), age(obj, now)]
+}
+
+fn apiservice_cells(obj: &Value, now: i64) -> Vec<Value> {
+    let svc = &obj["spec"]["service"];
+    let service = if svc.is_object() {
+        format!("{}/{}", st(&svc["namespace"]), st(&svc["name"]))
+    } else {
+        "Local".into()
+    };
+    let available = arr(&obj["status"]["conditions"])
+        .iter()
+        .find(|c| st(&c["type"]) == "Available")
+        .map(|c| {
+            if st(&c["status"]) == "True" {
+                "True".to_string()
+            } else {
+                format!("{} ({})", st(&c["status"]), st(&c["reason"]))
+            }
+        })
+        .unwrap_or_else(|| "Unknown".into());
+    vec![name(obj), json!(service), json!(available), age(obj, now)]
+}
+
+fn csr_cells(obj: &Value, now: i64) -> Vec<Value> {
+    let mut conditions: Vec<&str> = arr(&obj["status"]["conditions"])
+        .iter()
+        .filter(|c| st(&c["status"]) != "False")
+        .map(|c| st(&c["type"]))
+        .collect();
+    if !obj["status"]["certificate"]
+        .as_str()
+        .is_none_or(str::is_empty)
+    {
+        conditions.push("Issued");
+    }
+    let condition = if conditions.is_empty() {
+        "Pending".to_string()
+    } else {
+        conditions.join(",")
+    };
+    let duration = obj["spec"]["expirationSeconds"]
+        .as_i64()
+        .map_or("<none>".into(), human_duration);
+    vec![
+        name(obj),
+        age(obj, now),
+        json!(st(&obj["spec"]["signerName"])),
+        json!(st(&obj["spec"]["username"])),
+        json!(duration),
+        json!(condition),
+    ]
+}
+
+fn runtimeclass_cells(obj: &Value, now: i64) -> Vec<Value> {
+    vec![name(obj), json!(st(&obj["handler"])), age(obj, now)]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1548,13 +2237,13 @@ mod tests {
 
     #[test]
     fn timestamps_parse() {
-        assert_eq!(parse_time("1970-01-01T00:00:00Z"), Some(0));
-        assert_eq!(parse_time("2023-11-14T22:13:20Z"), Some(NOW));
-        assert_eq!(parse_time("2023-11-14T22:13:20.123456Z"), Some(NOW));
-        assert_eq!(parse_time("2023-11-15T00:13:20+02:00"), Some(NOW));
-        assert_eq!(parse_time("2000-02-29T00:00:00Z"), Some(951_782_400));
-        assert_eq!(parse_time("yesterday"), None);
-        assert_eq!(parse_time("2023-13-14T22:13:20Z"), None);
+        assert_eq!(parse_rfc3339("1970-01-01T00:00:00Z"), Some(0));
+        assert_eq!(parse_rfc3339("2023-11-14T22:13:20Z"), Some(NOW));
+        assert_eq!(parse_rfc3339("2023-11-14T22:13:20.123456Z"), Some(NOW));
+        assert_eq!(parse_rfc3339("2023-11-15T00:13:20+02:00"), Some(NOW));
+        assert_eq!(parse_rfc3339("2000-02-29T00:00:00Z"), Some(951_782_400));
+        assert_eq!(parse_rfc3339("yesterday"), None);
+        assert_eq!(parse_rfc3339("2023-13-14T22:13:20Z"), None);
     }
 
     #[test]

@@ -99,6 +99,46 @@ pub(crate) async fn bootstrap(store: &Arc<dyn Store>) -> Result<()> {
         });
         create_once(util::create(&**store, services, obj).await)?;
     }
+    let classes = cairn_api::resources::find("scheduling.k8s.io", "v1", "priorityclasses")
+        .context("priorityclasses resource")?;
+    for (name, value, description) in cairn_api::registry::policy::SYSTEM_PRIORITY_CLASSES {
+        if store.get(&classes.key(None, name)).await?.is_none() {
+            let obj = serde_json::json!({
+                "apiVersion": "scheduling.k8s.io/v1", "kind": "PriorityClass",
+                "metadata": {"name": name}, "value": value, "description": description,
+            });
+            create_once(util::create(&**store, classes, obj).await)?;
+        }
+    }
+    publish_api_services(store).await
+}
+
+/// One local APIService per built-in group-version, as kube-aggregator lists them
+/// (`kubectl get apiservices`); served here, so always Available.
+async fn publish_api_services(store: &Arc<dyn Store>) -> Result<()> {
+    use cairn_controllers::util;
+    let r = cairn_api::resources::find("apiregistration.k8s.io", "v1", "apiservices")
+        .context("apiservices resource")?;
+    for (group, version) in cairn_api::resources::builtin_group_versions() {
+        let name = if group.is_empty() {
+            version.to_string()
+        } else {
+            format!("{version}.{group}")
+        };
+        if store.get(&r.key(None, &name)).await?.is_some() {
+            continue;
+        }
+        let obj = serde_json::json!({
+            "apiVersion": "apiregistration.k8s.io/v1", "kind": "APIService",
+            "metadata": {"name": name, "labels": {"kube-aggregator.kubernetes.io/automanaged": "onstart"}},
+            "spec": {"group": group, "version": version, "groupPriorityMinimum": 18000,
+                     "versionPriority": 15},
+            "status": {"conditions": [{"type": "Available", "status": "True", "reason": "Local",
+                "message": "Local APIServices are always available",
+                "lastTransitionTime": cairn_wire::time::now_rfc3339()}]},
+        });
+        create_once(util::create(&**store, r, obj).await)?;
+    }
     Ok(())
 }
 

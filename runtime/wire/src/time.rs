@@ -54,26 +54,42 @@ pub fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
     era * 146_097 + doe - 719_468
 }
 
-/// Seconds since the epoch of an RFC 3339 timestamp (`2024-05-01T10:00:00Z`, fractions and
-/// offsets allowed).
-pub fn parse_rfc3339(s: &str) -> Option<i64> {
+/// Nanoseconds since the epoch of an RFC 3339 timestamp (`2024-05-01T10:00:00Z`, fractions to
+/// the nanosecond and offsets allowed); `None` for anything else.
+pub fn parse_rfc3339_nanos(s: &str) -> Option<i128> {
     let b = s.as_bytes();
     if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') {
         return None;
     }
-    let num = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
+    let num = |r: std::ops::Range<usize>| -> Option<i64> {
+        let part = s.get(r)?;
+        if part.bytes().all(|c| c.is_ascii_digit()) {
+            part.parse().ok()
+        } else {
+            None
+        }
+    };
     let (y, m, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
     let (hh, mm, ss) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    if b[13] != b':' || b[16] != b':' || !(1..=12).contains(&m) || !(1..=31).contains(&d) {
+        return None;
+    }
     let mut rest = &s[19..];
-    if let Some(frac) = rest.strip_prefix('.') {
-        let digits = frac.bytes().take_while(u8::is_ascii_digit).count();
-        rest = &frac[digits..];
+    let mut frac: i128 = 0;
+    if let Some(after) = rest.strip_prefix('.') {
+        let digits = after.bytes().take_while(u8::is_ascii_digit).count();
+        let mut padded: String = after[..digits].chars().take(9).collect();
+        while padded.len() < 9 {
+            padded.push('0');
+        }
+        frac = padded.parse().ok()?;
+        rest = &after[digits..];
     }
     let offset = match rest {
         "Z" | "z" => 0,
         _ if rest.len() == 6 && (rest.starts_with('+') || rest.starts_with('-')) => {
-            let h: i64 = rest[1..3].parse().ok()?;
-            let m: i64 = rest[4..6].parse().ok()?;
+            let h: i64 = rest.get(1..3)?.parse().ok()?;
+            let m: i64 = rest.get(4..6)?.parse().ok()?;
             let o = h * 3600 + m * 60;
             if rest.starts_with('-') {
                 -o
@@ -83,8 +99,13 @@ pub fn parse_rfc3339(s: &str) -> Option<i64> {
         }
         _ => return None,
     };
-    let days = days_from_civil(y, m, d);
-    Some(days * 86_400 + hh * 3600 + mm * 60 + ss - offset)
+    let secs = days_from_civil(y, m, d) * 86_400 + hh * 3600 + mm * 60 + ss - offset;
+    Some(i128::from(secs) * 1_000_000_000 + frac)
+}
+
+/// Seconds since the epoch of an RFC 3339 timestamp (fractions dropped).
+pub fn parse_rfc3339(s: &str) -> Option<i64> {
+    parse_rfc3339_nanos(s).map(|n| n.div_euclid(1_000_000_000) as i64)
 }
 
 /// The seconds since the epoch now.

@@ -12,6 +12,7 @@
 
 pub mod meta;
 pub mod pod;
+pub mod policy;
 pub mod strategy;
 pub mod workloads;
 
@@ -160,6 +161,9 @@ pub async fn create(
         }
     }
     strategy.prepare_for_create(&mut obj);
+    if r.group.is_empty() && r.kind == "Pod" && !r.custom {
+        policy::resolve_pod_priority(store, &mut obj).await?;
+    }
     if let Some(Value::Object(kept)) = kept_status {
         // What the strategy derives (a pod's QoS class) stays the strategy's.
         let derived = obj["status"].clone();

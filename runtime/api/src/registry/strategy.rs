@@ -71,14 +71,6 @@ pub trait Strategy: Sync {
 pub struct Generic;
 impl Strategy for Generic {}
 
-/// Kinds named by RBAC path segments.
-pub struct PathSegmentNamed;
-impl Strategy for PathSegmentNamed {
-    fn name_rule(&self) -> NameRule {
-        NameRule::PathSegment
-    }
-}
-
 /// The strategy of the kind `r` serves.
 pub fn for_resource(r: &Resource) -> &'static dyn Strategy {
     if r.custom {
@@ -95,7 +87,17 @@ pub fn for_resource(r: &Resource) -> &'static dyn Strategy {
         ("apps", "StatefulSet") => &super::workloads::StatefulSetStrategy,
         ("batch", "Job") => &super::workloads::JobStrategy,
         ("batch", "CronJob") => &super::workloads::CronJobStrategy,
-        ("rbac.authorization.k8s.io", _) => &PathSegmentNamed,
+        ("rbac.authorization.k8s.io", "Role") => &super::policy::RoleStrategy { cluster: false },
+        ("rbac.authorization.k8s.io", "ClusterRole") => {
+            &super::policy::RoleStrategy { cluster: true }
+        }
+        ("rbac.authorization.k8s.io", "RoleBinding") => {
+            &super::policy::BindingStrategy { cluster: false }
+        }
+        ("rbac.authorization.k8s.io", "ClusterRoleBinding") => {
+            &super::policy::BindingStrategy { cluster: true }
+        }
+        ("scheduling.k8s.io", "PriorityClass") => &super::policy::PriorityClassStrategy,
         _ => &Generic,
     }
 }

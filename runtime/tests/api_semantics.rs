@@ -1,0 +1,325 @@
+//! The kinds beyond workloads, and kube-apiserver's write semantics, driven by the real kubectl
+//! against `cairn server --disable-agent`: every kind of `manifests/kinds.yaml` is served with
+//! discovery and kube-apiserver's Table columns; dry runs change nothing on any verb; invalid
+//! objects get 422 with their causes and leave the store as it was.
+
+mod common;
+use common::Server;
+
+const KINDS: &str = include_str!("manifests/kinds.yaml");
+
+/// The store revision, as a list reports it.
+fn revision(s: &Server) -> String {
+    let list: serde_json::Value =
+        serde_json::from_str(&s.ok(&["get", "--raw", "/api/v1/namespaces/default/configmaps"]))
+            .expect("list json");
+    list["metadata"]["resourceVersion"]
+        .as_str()
+        .expect("resourceVersion")
+        .to_string()
+}
+
+/// Runs kubectl with `input`, expecting it to fail; its stderr.
+fn refused(s: &Server, args: &[&str], input: &str) -> String {
+    let out = s.with_stdin(args, input);
+    assert!(!out.status.success(), "kubectl {args:?} must fail");
+    String::from_utf8_lossy(&out.stderr).to_string()
+}
+
+#[test]
+fn every_kind_is_served_with_its_table() {
+    let s = Server::start();
+    let out = s.ok_stdin(&["apply", "-f", "-"], KINDS);
+    assert_eq!(out.lines().count(), 20, "{out}");
+    assert!(out.lines().all(|l| l.ends_with(" created")), "{out}");
+
+    let resources = s.ok(&["api-resources", "-o", "name"]);
+    for name in [
+        "persistentvolumes",
+        "persistentvolumeclaims",
+        "replicationcontrollers",
+        "podtemplates",
+        "limitranges",
+        "resourcequotas",
+        "roles.rbac.authorization.k8s.io",
+        "clusterroles.rbac.authorization.k8s.io",
+        "rolebindings.rbac.authorization.k8s.io",
+        "clusterrolebindings.rbac.authorization.k8s.io",
+        "poddisruptionbudgets.policy",
+        "ingresses.networking.k8s.io",
+        "ingressclasses.networking.k8s.io",
+        "networkpolicies.networking.k8s.io",
+        "storageclasses.storage.k8s.io",
+        "csidrivers.storage.k8s.io",
+        "csinodes.storage.k8s.io",
+        "volumeattachments.storage.k8s.io",
+        "horizontalpodautoscalers.autoscaling",
+        "priorityclasses.scheduling.k8s.io",
+        "validatingwebhookconfigurations.admissionregistration.k8s.io",
+        "mutatingwebhookconfigurations.admissionregistration.k8s.io",
+        "apiservices.apiregistration.k8s.io",
+        "certificatesigningrequests.certificates.k8s.io",
+        "runtimeclasses.node.k8s.io",
+    ] {
+        assert!(
+            resources.lines().any(|l| l == name),
+            "{name} missing from api-resources"
+        );
+    }
+
+    // Each kind prints kube-apiserver's columns.
+    for (what, header, row) in [
+        (
+            "pv",
+            "CAPACITY   ACCESS MODES   RECLAIM POLICY",
+            "1Gi        RWO            Retain",
+        ),
+        ("pvc", "STATUS    VOLUME", "Pending"),
+        ("quota", "REQUEST", "pods: 0/10"),
+        ("rolebinding", "ROLE", "Role/reader"),
+        (
+            "clusterrolebinding cairn:viewer",
+            "ROLE",
+            "ClusterRole/cairn:viewer",
+        ),
+        (
+            "pdb",
+            "MIN AVAILABLE   MAX UNAVAILABLE   ALLOWED DISRUPTIONS",
+            "1               N/A",
+        ),
+        ("ingress", "CLASS   HOSTS", "nginx   web.example.com"),
+        ("ingressclass", "CONTROLLER", "k8s.io/ingress-nginx"),
+        ("netpol", "POD-SELECTOR", "<none>"),
+        (
+            "sc",
+            "PROVISIONER",
+            "local (default)   rancher.io/local-path   Delete          WaitForFirstConsumer",
+        ),
+        (
+            "hpa",
+            "REFERENCE        TARGETS",
+            "Deployment/web   cpu: <unknown>/80%",
+        ),
+        ("pc", "VALUE", "system-node-critical      2000001000"),
+        ("runtimeclass", "HANDLER", "runc"),
+        ("rc", "DESIRED   CURRENT   READY", "rc1"),
+        ("podtemplates", "CONTAINERS   IMAGES", "busybox"),
+        ("apiservices", "SERVICE   AVAILABLE", "v1.apps"),
+    ] {
+        let mut args = vec!["get"];
+        args.extend(what.split(' '));
+        let table = s.ok(&args);
+        assert!(table.contains(header), "{what}: {table}");
+        assert!(table.contains(row), "{what}: {table}");
+    }
+
+    // A pod gets its priority from its class; an unknown class is refused.
+    s.ok_stdin(
+        &["apply", "-f", "-"],
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec:\n  priorityClassName: high\n  containers: [{name: c, image: busybox}]\n",
+    );
+    assert_eq!(
+        s.ok(&[
+            "get",
+            "pod",
+            "p",
+            "-o",
+            "jsonpath={.spec.priority} {.status.qosClass}"
+        ]),
+        "1000000 BestEffort"
+    );
+    let err = refused(
+        &s,
+        &["apply", "-f", "-"],
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: q}\nspec:\n  priorityClassName: nope\n  containers: [{name: c, image: busybox}]\n",
+    );
+    assert!(
+        err.contains("no PriorityClass with name nope was found"),
+        "{err}"
+    );
+
+    // A binding's role is fixed.
+    let err = refused(
+        &s,
+        &["apply", "-f", "-"],
+        "apiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {name: reader}\nroleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: other}\nsubjects: []\n",
+    );
+    assert!(err.contains("cannot change roleRef"), "{err}");
+    let out = s.ok_stdin(&["delete", "-f", "-"], KINDS);
+    assert_eq!(out.lines().count(), 20, "{out}");
+}
+
+#[test]
+fn dry_runs_change_nothing() {
+    let s = Server::start();
+    s.ok(&["create", "configmap", "x", "--from-literal=a=1"]);
+    s.ok(&["create", "configmap", "y", "--from-literal=a=1"]);
+    let before = revision(&s);
+    let out = s.ok(&["delete", "cm", "x", "--dry-run=server"]);
+    assert!(out.contains("deleted (server dry run)"), "{out}");
+    s.ok(&["delete", "cm", "--all", "--dry-run=server"]);
+    s.ok(&["label", "cm", "x", "a=b", "--dry-run=server"]);
+    s.ok(&[
+        "create",
+        "configmap",
+        "z",
+        "--from-literal=a=1",
+        "--dry-run=server",
+    ]);
+    s.ok_stdin(
+        &["apply", "--server-side", "--dry-run=server", "-f", "-"],
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: w}\ndata: {a: '1'}\n",
+    );
+    let raw = s.kubectl(&[
+        "delete",
+        "--raw",
+        "/api/v1/namespaces/default/configmaps?dryRun=All",
+    ]);
+    assert!(
+        raw.status.success(),
+        "{}",
+        String::from_utf8_lossy(&raw.stderr)
+    );
+    assert_eq!(revision(&s), before, "a dry run wrote to the store");
+    let names = s.ok(&["get", "cm", "-o", "name"]);
+    assert!(
+        names.contains("configmap/x") && names.contains("configmap/y"),
+        "{names}"
+    );
+    assert!(
+        !names.contains("configmap/z") && !names.contains("configmap/w"),
+        "{names}"
+    );
+}
+
+#[test]
+fn invalid_objects_are_refused_with_their_causes() {
+    let s = Server::start();
+    s.ok_stdin(
+        &["apply", "-f", "-"],
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: ok}\nspec:\n  selector: {matchLabels: {app: ok}}\n  template:\n    metadata: {labels: {app: ok}}\n    spec: {containers: [{name: c, image: busybox}]}\n",
+    );
+    let before = revision(&s);
+    for (manifest, expect) in [
+        (
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\nspec:\n  replicas: -1\n  selector: {matchLabels: {app: a}}\n  template:\n    metadata: {labels: {app: b}}\n    spec: {containers: [{name: c, image: busybox}]}\n",
+            &["spec.replicas", "spec.template.metadata.labels", "`selector` does not match template `labels`"][..],
+        ),
+        (
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: ok}\nspec:\n  selector: {matchLabels: {app: other}}\n  template:\n    metadata: {labels: {app: other}}\n    spec: {containers: [{name: c, image: busybox}]}\n",
+            &["spec.selector", "field is immutable"][..],
+        ),
+        (
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {containers: []}\n",
+            &["spec.containers: Required value"][..],
+        ),
+        (
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec:\n  containers:\n  - {name: c, image: busybox, ports: [{containerPort: 70000}]}\n  - {name: c, image: busybox, resources: {requests: {cpu: lots}}}\n",
+            &["spec.containers[0].ports[0].containerPort", "spec.containers[1].name: Duplicate value", "spec.containers[1].resources.requests[cpu]"][..],
+        ),
+        (
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: c\n  labels: {app: 'has space'}\n",
+            &["metadata.labels", "a valid label must be an empty string"][..],
+        ),
+        (
+            "apiVersion: v1\nkind: Secret\nmetadata: {name: tls}\ntype: kubernetes.io/tls\ndata: {tls.crt: eA==}\n",
+            &["data[tls.key]: Required value"][..],
+        ),
+        (
+            "apiVersion: batch/v1\nkind: Job\nmetadata: {name: j}\nspec:\n  template:\n    spec: {restartPolicy: Always, containers: [{name: c, image: busybox}]}\n",
+            &["spec.template.spec.restartPolicy"][..],
+        ),
+        (
+            "apiVersion: batch/v1\nkind: CronJob\nmetadata: {name: cj}\nspec:\n  schedule: 'every day'\n  jobTemplate:\n    spec:\n      template:\n        spec: {restartPolicy: Never, containers: [{name: c, image: busybox}]}\n",
+            &["spec.schedule"][..],
+        ),
+    ] {
+        let err = refused(&s, &["apply", "-f", "-"], manifest);
+        assert!(err.contains("is invalid"), "{manifest}: {err}");
+        for e in expect {
+            assert!(err.contains(e), "{manifest}: {e} missing from {err}");
+        }
+    }
+    let huge = format!(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: big\n  annotations: {{a: '{}'}}\n",
+        "x".repeat(300 * 1024)
+    );
+    let err = refused(&s, &["create", "-f", "-"], &huge);
+    assert!(err.contains("metadata.annotations: Too long"), "{err}");
+    assert_eq!(revision(&s), before, "a refused write changed the store");
+}
+
+#[test]
+fn writes_behave_as_kube_apiserver() {
+    let s = Server::start();
+    // A minimal CronJob, however it is sent.
+    let cronjob = "apiVersion: batch/v1\nkind: CronJob\nmetadata: {name: hello}\nspec:\n  schedule: '*/5 * * * *'\n  jobTemplate:\n    spec:\n      template:\n        spec:\n          restartPolicy: OnFailure\n          containers: [{name: hello, image: busybox, command: [date]}]\n";
+    assert!(s
+        .ok_stdin(&["create", "-f", "-"], cronjob)
+        .contains("created"));
+    s.ok_stdin(&["apply", "-f", "-"], cronjob);
+    s.ok_stdin(&["apply", "--server-side", "-f", "-"], cronjob);
+    assert!(s.ok(&["get", "cj", "hello"]).contains("*/5 * * * *"));
+
+    // stringData is merged into data; type defaults to Opaque.
+    s.ok_stdin(
+        &["apply", "-f", "-"],
+        "apiVersion: v1\nkind: Secret\nmetadata: {name: s}\nstringData: {password: hunter2}\n",
+    );
+    assert_eq!(
+        s.ok(&[
+            "get",
+            "secret",
+            "s",
+            "-o",
+            "jsonpath={.type} {.data.password}"
+        ]),
+        "Opaque aHVudGVyMg=="
+    );
+
+    // A PUT without a resourceVersion is an unconditional update (Helm's release records).
+    let mut cm: serde_json::Value = serde_json::from_str(&s.ok(&[
+        "create",
+        "configmap",
+        "rel",
+        "--from-literal=status=pending-install",
+        "-o",
+        "json",
+    ]))
+    .expect("json");
+    cm["metadata"]["resourceVersion"] = serde_json::json!("");
+    cm["data"]["status"] = serde_json::json!("deployed");
+    s.ok_stdin(&["replace", "-f", "-"], &cm.to_string());
+    assert_eq!(
+        s.ok(&["get", "cm", "rel", "-o", "jsonpath={.data.status}"]),
+        "deployed"
+    );
+
+    // Namespaces carry their name label; Jobs their generated selector.
+    s.ok(&["create", "namespace", "team"]);
+    assert_eq!(
+        s.ok(&[
+            "get",
+            "ns",
+            "team",
+            "-o",
+            "jsonpath={.metadata.labels.kubernetes\\.io/metadata\\.name}"
+        ]),
+        "team"
+    );
+    s.ok_stdin(
+        &["apply", "-f", "-"],
+        "apiVersion: batch/v1\nkind: Job\nmetadata: {name: pi}\nspec:\n  template:\n    spec: {restartPolicy: Never, containers: [{name: c, image: busybox}]}\n",
+    );
+    let uid = s.ok(&["get", "job", "pi", "-o", "jsonpath={.metadata.uid}"]);
+    assert_eq!(
+        s.ok(&[
+            "get",
+            "job",
+            "pi",
+            "-o",
+            "jsonpath={.spec.selector.matchLabels.batch\\.kubernetes\\.io/controller-uid}"
+        ]),
+        uid
+    );
+}
