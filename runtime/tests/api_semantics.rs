@@ -323,3 +323,53 @@ fn writes_behave_as_kube_apiserver() {
         uid
     );
 }
+
+/// curl against the server with the admin token: the status code and the body.
+fn curl(s: &Server, http: &str, content_type: &str, body: &[u8]) -> (String, String) {
+    let file = s.dir.path().join("curl-body");
+    std::fs::write(&file, body).expect("write body");
+    let token = common::http::token_for(&s.data_dir());
+    let out = std::process::Command::new("curl")
+        .args(["-sk", http, "-w", "\n%{http_code}", "-X", "POST"])
+        .arg("-H")
+        .arg(format!("Authorization: Bearer {token}"))
+        .arg("-H")
+        .arg(format!("Content-Type: {content_type}"))
+        .arg("--data-binary")
+        .arg(format!("@{}", file.display()))
+        .arg(format!(
+            "https://127.0.0.1:{}/api/v1/namespaces/default/configmaps",
+            s.port
+        ))
+        .output()
+        .expect("curl (make deps installs it)");
+    assert!(out.status.success(), "curl {http} failed: {out:?}");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (body, code) = text.rsplit_once('\n').expect("status line");
+    (code.to_string(), body.to_string())
+}
+
+#[test]
+fn bodies_in_yaml_and_over_the_limit_on_both_http_versions() {
+    let s = Server::start();
+    let (code, body) = curl(
+        &s,
+        "--http2",
+        "application/yaml",
+        b"apiVersion: v1\nkind: ConfigMap\nmetadata: {name: from-yaml}\ndata: {a: '1'}\n",
+    );
+    assert_eq!(code, "201", "{body}");
+    assert_eq!(
+        s.ok(&["get", "cm", "from-yaml", "-o", "jsonpath={.data.a}"]),
+        "1"
+    );
+    let huge = format!(
+        "{{\"apiVersion\":\"v1\",\"kind\":\"ConfigMap\",\"metadata\":{{\"name\":\"huge\"}},\"data\":{{\"x\":\"{}\"}}}}",
+        "x".repeat(4 * 1024 * 1024)
+    );
+    for http in ["--http2", "--http1.1"] {
+        let (code, body) = curl(&s, http, "application/json", huge.as_bytes());
+        assert_eq!(code, "413", "{http}: {body}");
+        assert!(body.contains("RequestEntityTooLarge"), "{http}: {body}");
+    }
+}

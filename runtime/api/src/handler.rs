@@ -59,6 +59,12 @@ fn parse_body(req: &Request<'_>) -> Result<Value, ApiError> {
             other => ApiError::bad_request(other.to_string()),
         });
     }
+    // YAML bodies (`application/yaml`, and apply patches, which are YAML by definition).
+    if ct.ends_with("yaml") {
+        return serde_yaml_ng::from_slice(&req.body).map_err(|e| {
+            ApiError::bad_request(format!("the request body is not valid YAML: {e}"))
+        });
+    }
     serde_json::from_slice(&req.body)
         .map_err(|e| ApiError::bad_request(format!("the request body is not valid JSON: {e}")))
 }

@@ -189,22 +189,12 @@ impl Api {
             .and_then(|v| v.to_str().ok())
             .unwrap_or("application/json")
             .to_string();
-        if let Some(len) = req
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
-        {
-            if len > handler::MAX_BODY {
-                return ApiError::too_large().into_response();
-            }
-        }
         let body = if matches!(method, Method::GET | Method::HEAD) {
             bytes::Bytes::new()
         } else {
-            let limited = http_body_util::Limited::new(req.into_body(), handler::MAX_BODY);
-            match limited.collect().await {
-                Ok(b) => b.to_bytes(),
-                Err(_) => return ApiError::too_large().into_response(),
+            match read_body(req.into_body(), handler::MAX_BODY).await {
+                Ok(b) => b,
+                Err(e) => return e.into_response(),
             }
         };
         handler::handle(
@@ -225,4 +215,35 @@ impl Api {
         )
         .await
     }
+}
+
+/// How much of a body over the limit is read and thrown away before the 413 goes out: an
+/// HTTP/2 client still sending sees its stream reset, not the answer, when the server stops
+/// reading; past this the connection is not worth keeping.
+const DRAIN_LIMIT: usize = 64 * 1024 * 1024;
+
+/// The request body, at most `max` bytes; a larger one is drained (up to [`DRAIN_LIMIT`],
+/// holding one frame at a time) and answered with 413.
+async fn read_body(mut body: Body, max: usize) -> Result<bytes::Bytes, ApiError> {
+    let mut buf = bytes::BytesMut::new();
+    let mut seen = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| ApiError::bad_request(format!("reading the body: {e}")))?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        seen += data.len();
+        if seen > DRAIN_LIMIT {
+            break;
+        }
+        if seen <= max {
+            buf.extend_from_slice(&data);
+        } else if !buf.is_empty() {
+            buf = bytes::BytesMut::new();
+        }
+    }
+    if seen > max {
+        return Err(ApiError::too_large());
+    }
+    Ok(buf.freeze())
 }
