@@ -145,6 +145,17 @@ fn every_kind_is_served_with_its_table() {
         "apiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {name: reader}\nroleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: other}\nsubjects: []\n",
     );
     assert!(err.contains("cannot change roleRef"), "{err}");
+    // A ReplicationController keeps its replicas, as a ReplicaSet does.
+    s.ok(&["scale", "rc", "rc1", "--replicas=2"]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let pods = s.ok(&["get", "pods", "-l", "app=rc1", "-o", "name"]);
+        if pods.lines().count() == 2 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "rc1 has {pods}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
     let out = s.ok_stdin(&["delete", "-f", "-"], KINDS);
     assert_eq!(out.lines().count(), 20, "{out}");
 }

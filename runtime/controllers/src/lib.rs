@@ -86,7 +86,18 @@ impl Default for LoopOptions {
 pub fn spawn_all(store: Arc<dyn Store>) -> Vec<JoinHandle<()>> {
     let opts = LoopOptions::default();
     vec![
-        spawn(replicaset::ReplicaSetController, store.clone(), opts),
+        spawn(
+            replicaset::ReplicaSetController::default(),
+            store.clone(),
+            opts,
+        ),
+        spawn(
+            replicaset::ReplicaSetController {
+                kind: replicaset::Replicated::ReplicationController,
+            },
+            store.clone(),
+            opts,
+        ),
         spawn(deployment::DeploymentController, store.clone(), opts),
         spawn(daemonset::DaemonSetController, store.clone(), opts),
         spawn(statefulset::StatefulSetController, store.clone(), opts),

@@ -1,5 +1,7 @@
 //! The ReplicaSet controller: keeps `spec.replicas` pods made from `spec.template` running,
-//! as kube-controller-manager's does.
+//! as kube-controller-manager's does. ReplicationControllers, the core/v1 kind ReplicaSets
+//! replaced, run through the same controller ([`Replicated::ReplicationController`]): they
+//! differ only in their resource and in a selector that is a plain label map.
 //!
 //! A sync claims the active pods of the namespace (pods it controls and its selector matches;
 //! orphans the selector matches are adopted, controlled pods it no longer matches released),
@@ -14,6 +16,7 @@ use super::Controller;
 use anyhow::Result;
 use async_trait::async_trait;
 use cairn_api::objects::decode;
+use cairn_api::selectors::LabelSelector;
 use cairn_store::{Event, Store};
 use cairn_wire::value::str_at;
 use serde_json::{json, Map, Value};
@@ -21,6 +24,64 @@ use std::time::Duration;
 
 /// The most pods one sync creates or deletes (kube-controller-manager's burstReplicas).
 const BURST: usize = 500;
+
+/// The kinds this controller keeps replicated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Replicated {
+    ReplicaSet,
+    ReplicationController,
+}
+
+impl Replicated {
+    pub fn resource(self) -> &'static cairn_api::resources::Resource {
+        match self {
+            Replicated::ReplicaSet => util::replicasets(),
+            Replicated::ReplicationController => util::replicationcontrollers(),
+        }
+    }
+
+    fn api_version(self) -> &'static str {
+        match self {
+            Replicated::ReplicaSet => "apps/v1",
+            Replicated::ReplicationController => "v1",
+        }
+    }
+
+    fn kind(self) -> &'static str {
+        match self {
+            Replicated::ReplicaSet => "ReplicaSet",
+            Replicated::ReplicationController => "ReplicationController",
+        }
+    }
+
+    /// Which pods an object selects: a LabelSelector, or a ReplicationController's label map
+    /// (its template's labels when it names none, as kube-apiserver defaults it).
+    pub fn selector(self, obj: &Value) -> LabelSelector {
+        match self {
+            Replicated::ReplicaSet => util::spec_selector(obj),
+            Replicated::ReplicationController => {
+                let map = match &obj["spec"]["selector"] {
+                    Value::Object(m) if !m.is_empty() => Value::Object(m.clone()),
+                    _ => obj["spec"]["template"]["metadata"]["labels"].clone(),
+                };
+                match LabelSelector::from_label_selector_json(&json!({"matchLabels": map})) {
+                    Ok(s) if !s.is_everything() => s,
+                    _ => LabelSelector::nothing(),
+                }
+            }
+        }
+    }
+
+    /// Whether `owner_ref` (a pod's controller reference) names this kind.
+    fn owns(self, owner_ref: &Value) -> bool {
+        let api_version = str_at(owner_ref, "/apiVersion");
+        owner_ref["kind"] == self.kind()
+            && match self {
+                Replicated::ReplicaSet => api_version.starts_with("apps/"),
+                Replicated::ReplicationController => api_version == "v1",
+            }
+    }
+}
 
 /// What one sync of a ReplicaSet must do.
 #[derive(Debug, Default)]
@@ -40,8 +101,13 @@ pub struct Plan {
 /// Decides what a ReplicaSet needs, from the ReplicaSet and the pods of its namespace, at `now`
 /// (seconds since the epoch).
 pub fn reconcile(rs: &Value, pods: &[Value], now: i64) -> Plan {
+    reconcile_kind(Replicated::ReplicaSet, rs, pods, now)
+}
+
+/// [`reconcile`] for a ReplicaSet or a ReplicationController.
+pub fn reconcile_kind(kind: Replicated, rs: &Value, pods: &[Value], now: i64) -> Plan {
     let mut plan = Plan::default();
-    let selector = util::spec_selector(rs);
+    let selector = kind.selector(rs);
     let deleting = util::is_deleting(rs);
     let rs_uid = util::uid(rs);
     let mut owned: Vec<Value> = Vec::new();
@@ -67,7 +133,7 @@ pub fn reconcile(rs: &Value, pods: &[Value], now: i64) -> Plan {
                     continue;
                 }
                 let mut adopted = pod.clone();
-                let owner = util::controller_owner_ref(rs, "apps/v1", "ReplicaSet");
+                let owner = util::controller_owner_ref(rs, kind.api_version(), kind.kind());
                 match adopted["metadata"]["ownerReferences"].as_array_mut() {
                     Some(refs) => refs.push(owner),
                     None => adopted["metadata"]["ownerReferences"] = json!([owner]),
@@ -82,7 +148,9 @@ pub fn reconcile(rs: &Value, pods: &[Value], now: i64) -> Plan {
     if !deleting {
         if owned.len() < replicas {
             let n = (replicas - owned.len()).min(BURST);
-            plan.create = (0..n).map(|_| pod_from_template(rs)).collect();
+            plan.create = (0..n)
+                .map(|_| util::pod_from_template(rs, kind.api_version(), kind.kind(), None, &[]))
+                .collect();
         } else if owned.len() > replicas {
             let n = (owned.len() - replicas).min(BURST);
             let mut ranked: Vec<&Value> = owned.iter().collect();
@@ -187,17 +255,27 @@ pub fn pod_from_template(rs: &Value) -> Value {
     util::pod_from_template(rs, "apps/v1", "ReplicaSet", None, &[])
 }
 
-/// Runs [`reconcile`] against the store.
-pub struct ReplicaSetController;
+/// Runs [`reconcile_kind`] against the store, for one of the [`Replicated`] kinds.
+pub struct ReplicaSetController {
+    pub kind: Replicated,
+}
+
+impl Default for ReplicaSetController {
+    fn default() -> Self {
+        ReplicaSetController {
+            kind: Replicated::ReplicaSet,
+        }
+    }
+}
 
 impl ReplicaSetController {
-    /// The ReplicaSets an event on a pod concerns: its controller, or for an orphan the
-    /// ReplicaSets of its namespace whose selector matches it.
-    async fn owners_of_pod(store: &dyn Store, pod: &Value) -> Vec<String> {
-        let rs = util::replicasets();
+    /// The owners an event on a pod concerns: its controller, or for an orphan the objects of
+    /// its namespace whose selector matches it.
+    async fn owners_of_pod(&self, store: &dyn Store, pod: &Value) -> Vec<String> {
+        let rs = self.kind.resource();
         let ns = util::namespace(pod);
         if let Some(r) = util::controller_ref(pod) {
-            if r["kind"] == "ReplicaSet" && str_at(r, "/apiVersion").starts_with("apps/") {
+            if self.kind.owns(r) {
                 return vec![rs.key(Some(ns), str_at(r, "/name"))];
             }
             return Vec::new();
@@ -209,7 +287,7 @@ impl ReplicaSetController {
             return Vec::new();
         };
         all.iter()
-            .filter(|r| util::spec_selector(r).matches_object(pod))
+            .filter(|r| self.kind.selector(r).matches_object(pod))
             .map(|r| util::key_of(rs, r))
             .collect()
     }
@@ -218,12 +296,15 @@ impl ReplicaSetController {
 #[async_trait]
 impl Controller for ReplicaSetController {
     fn name(&self) -> &'static str {
-        "replicaset"
+        match self.kind {
+            Replicated::ReplicaSet => "replicaset",
+            Replicated::ReplicationController => "replicationcontroller",
+        }
     }
 
     fn prefixes(&self) -> Vec<String> {
         vec![
-            util::replicasets().key_prefix(None),
+            self.kind.resource().key_prefix(None),
             util::pods().key_prefix(None),
         ]
     }
@@ -232,14 +313,14 @@ impl Controller for ReplicaSetController {
         if ev
             .record
             .key
-            .starts_with(&util::replicasets().key_prefix(None))
+            .starts_with(&self.kind.resource().key_prefix(None))
         {
             return vec![ev.record.key.clone()];
         }
         let mut out = Vec::new();
         for rec in std::iter::once(&ev.record).chain(ev.prev.as_ref()) {
             if let Ok(pod) = decode(rec) {
-                for k in Self::owners_of_pod(store, &pod).await {
+                for k in self.owners_of_pod(store, &pod).await {
                     if !out.contains(&k) {
                         out.push(k);
                     }
@@ -250,7 +331,7 @@ impl Controller for ReplicaSetController {
     }
 
     async fn all_items(&self, store: &dyn Store) -> Result<Vec<String>> {
-        let r = util::replicasets();
+        let r = self.kind.resource();
         let all = util::list(store, &r.key_prefix(None)).await?;
         Ok(all.iter().map(|o| util::key_of(r, o)).collect())
     }
@@ -261,7 +342,7 @@ impl Controller for ReplicaSetController {
         };
         let pods_r = util::pods();
         let pods = util::list(store, &pods_r.key_prefix(Some(util::namespace(&rs)))).await?;
-        let plan = reconcile(&rs, &pods, cairn_wire::time::now_secs());
+        let plan = reconcile_kind(self.kind, &rs, &pods, cairn_wire::time::now_secs());
         for (old, new) in plan.pod_updates {
             util::update(store, pods_r, &old, new).await?;
         }
@@ -274,7 +355,7 @@ impl Controller for ReplicaSetController {
         if let Some(status) = plan.status {
             let mut new = rs.clone();
             new["status"] = status;
-            util::update(store, util::replicasets(), &rs, new).await?;
+            util::update(store, self.kind.resource(), &rs, new).await?;
         }
         Ok(plan
             .requeue_after
@@ -419,5 +500,28 @@ mod tests {
         r["metadata"]["deletionTimestamp"] = json!(rfc3339(1));
         let plan = reconcile(&r, &[pod("orphan", None, json!({"app": "web"}))], 1000);
         assert!(plan.create.is_empty() && plan.pod_updates.is_empty());
+    }
+
+    #[test]
+    fn replication_controllers_select_by_label_map() {
+        let rc = json!({"apiVersion": "v1", "kind": "ReplicationController",
+            "metadata": {"name": "web", "namespace": "default", "uid": "rc-uid"},
+            "spec": {"replicas": 2, "selector": {"app": "web"},
+                     "template": {"metadata": {"labels": {"app": "web"}},
+                                  "spec": {"containers": [{"name": "c", "image": "nginx"}]}}}});
+        let orphan = pod("orphan", None, json!({"app": "web"}));
+        let plan = reconcile_kind(Replicated::ReplicationController, &rc, &[orphan], 1000);
+        assert_eq!(plan.create.len(), 1);
+        let owner = &plan.create[0]["metadata"]["ownerReferences"][0];
+        assert_eq!(
+            (owner["kind"].as_str(), owner["apiVersion"].as_str()),
+            (Some("ReplicationController"), Some("v1"))
+        );
+        assert_eq!(plan.pod_updates.len(), 1, "the orphan is adopted");
+        let mut no_selector = rc.clone();
+        no_selector["spec"]["selector"] = json!({});
+        assert!(Replicated::ReplicationController
+            .selector(&no_selector)
+            .matches_object(&json!({"metadata": {"labels": {"app": "web"}}})));
     }
 }

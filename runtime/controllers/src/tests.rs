@@ -49,7 +49,11 @@ async fn deployment_rolls_out_updates_and_is_collected() {
         resync: Duration::from_secs(2),
     };
     let mut tasks = vec![
-        spawn(replicaset::ReplicaSetController, store.clone(), opts),
+        spawn(
+            replicaset::ReplicaSetController::default(),
+            store.clone(),
+            opts,
+        ),
         spawn(deployment::DeploymentController, store.clone(), opts),
         spawn(gc::GarbageCollector::default(), store.clone(), opts),
         spawn(scheduler::Scheduler, store.clone(), opts),

@@ -32,6 +32,10 @@ pub fn deployments() -> &'static Resource {
     resource("apps", "deployments")
 }
 
+pub fn replicationcontrollers() -> &'static Resource {
+    resource("", "replicationcontrollers")
+}
+
 pub fn daemonsets() -> &'static Resource {
     resource("apps", "daemonsets")
 }

@@ -81,6 +81,7 @@ pub fn for_resource(r: &Resource) -> &'static dyn Strategy {
         ("", "Namespace") => &NamespaceStrategy,
         ("", "Service") => &ServiceStrategy,
         ("", "Secret") => &SecretStrategy,
+        ("", "ReplicationController") => &super::workloads::ReplicationControllerStrategy,
         ("apps", "Deployment") => &super::workloads::DeploymentStrategy,
         ("apps", "ReplicaSet") => &super::workloads::ReplicaSetStrategy,
         ("apps", "DaemonSet") => &super::workloads::DaemonSetStrategy,

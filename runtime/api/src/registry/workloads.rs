@@ -167,6 +167,52 @@ impl Strategy for ReplicaSetStrategy {
     }
 }
 
+/// ReplicationControllers: a label-map selector, defaulted from the template's labels.
+pub struct ReplicationControllerStrategy;
+impl Strategy for ReplicationControllerStrategy {
+    fn resets_status_on_create(&self) -> bool {
+        true
+    }
+    fn prepare_for_create(&self, obj: &mut Value) {
+        let labels = obj["spec"]["template"]["metadata"]["labels"].clone();
+        let spec = &mut obj["spec"];
+        if spec["selector"].as_object().is_none_or(|m| m.is_empty()) && labels.is_object() {
+            spec["selector"] = labels;
+        }
+        if spec["replicas"].is_null() {
+            spec["replicas"] = json!(1);
+        }
+    }
+    fn validate(&self, obj: &Value) -> Vec<Cause> {
+        let mut causes = Vec::new();
+        non_negative(obj, "/spec/replicas", "spec.replicas", &mut causes);
+        let spec = &obj["spec"];
+        let selector = json!({"matchLabels": spec["selector"]});
+        if spec["selector"].as_object().is_none_or(|m| m.is_empty()) {
+            causes.push(required("spec.selector", ""));
+        } else {
+            selector_matches_template(
+                &selector,
+                &spec["template"],
+                "spec.selector",
+                "spec.template",
+                &mut causes,
+            );
+        }
+        causes.extend(validate_pod_spec(
+            &spec["template"]["spec"],
+            "spec.template.spec",
+        ));
+        restart_policy_in(
+            &spec["template"]["spec"],
+            "spec.template.spec",
+            &["Always"],
+            &mut causes,
+        );
+        causes
+    }
+}
+
 pub struct DaemonSetStrategy;
 impl Strategy for DaemonSetStrategy {
     fn resets_status_on_create(&self) -> bool {
