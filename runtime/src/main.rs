@@ -21,6 +21,16 @@ struct Cli {
     command: Command,
 }
 
+/// `--event-ttl`: `None` keeps Events for ever.
+#[derive(Clone, Copy, Debug)]
+struct EventTtl(Option<std::time::Duration>);
+
+fn parse_event_ttl(s: &str) -> Result<EventTtl, String> {
+    server::tokens::parse_ttl(s)
+        .map(EventTtl)
+        .map_err(|e| e.to_string())
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run the API server (HTTPS) on a SQLite store.
@@ -43,6 +53,9 @@ enum Command {
         /// Extra names or addresses for the serving certificate.
         #[arg(long)]
         tls_san: Vec<String>,
+        /// How long Events are kept after they last happened, e.g. 1h, 30m; 0 keeps them.
+        #[arg(long, default_value = "1h", value_parser = parse_event_ttl)]
+        event_ttl: EventTtl,
         /// Do not run the embedded agent (no pods on this machine).
         #[arg(long)]
         disable_agent: bool,
@@ -232,6 +245,7 @@ fn run(cli: Cli) -> Result<()> {
             write_kubeconfig,
             token,
             tls_san,
+            event_ttl,
             disable_agent,
             agent,
         } => {
@@ -259,6 +273,7 @@ fn run(cli: Cli) -> Result<()> {
                     write_kubeconfig: Some(write_kubeconfig),
                     token,
                     tls_san,
+                    event_ttl: event_ttl.0,
                 }));
                 if let Some(mut opts) = embedded {
                     opts.token = agent::wait_for_token_file(&node_token_file).await?;

@@ -594,6 +594,44 @@ fn pods_services_dns_logs_exec_and_a_second_node() {
         .ok(&["logs", "crashy", "--previous"])
         .contains("crashing"));
 
+    // The scheduler's and the kubelet's Events, as describe and `kubectl events` show them.
+    wait_until(
+        "crashy's events",
+        Duration::from_secs(30),
+        || {
+            let described = server.ok(&["describe", "pod", "crashy"]);
+            ["Scheduled", "Pulled", "Created", "Started", "BackOff"]
+                .iter()
+                .all(|r| described.contains(r))
+        },
+        || format!("{}\n{}", server.ok(&["describe", "pod", "crashy"]), d()),
+    );
+    let events = server.ok(&["events", "--for", "pod/crashy"]);
+    assert!(
+        events.contains("Back-off restarting failed container"),
+        "{events}"
+    );
+    let backoff = json(
+        &server,
+        &[
+            "get",
+            "events",
+            "--field-selector",
+            "reason=BackOff,involvedObject.name=crashy",
+        ],
+    );
+    assert!(
+        backoff["items"][0]["count"].as_i64().unwrap_or(0) >= 1,
+        "one BackOff series, counted: {backoff}"
+    );
+    let rs_events = server.ok(&[
+        "get",
+        "events",
+        "--field-selector",
+        "reason=SuccessfulCreate",
+    ]);
+    assert!(rs_events.contains("Created pod: web-"), "{rs_events}");
+
     // A terminal: kubectl exec -t under a pseudo-terminal that `script` provides.
     let tty = Command::new("script")
         .args(["-qec"])

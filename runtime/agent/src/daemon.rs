@@ -237,6 +237,7 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
         cluster_domain: opts.cluster_domain.clone(),
         host_facts: spec::HostFacts::detect(),
         exec_prober: Arc::new(pods::ContainerdExecProber { ctx: weak.clone() }),
+        events: events::Recorder::start(client.clone(), &node),
     });
 
     // kube-proxy's and CoreDNS's part: Services into nftables, names into the DNS records.

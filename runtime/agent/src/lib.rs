@@ -9,6 +9,7 @@ pub mod containerd;
 mod daemon;
 pub mod dns;
 pub mod env;
+pub mod events;
 pub mod images;
 pub mod logs;
 pub mod node;
@@ -69,6 +70,8 @@ pub struct NodeContext {
     pub cluster_domain: String,
     pub host_facts: spec::HostFacts,
     pub exec_prober: Arc<dyn probes::ExecProber>,
+    /// The kubelet's Events about this node's pods.
+    pub events: events::Recorder,
 }
 
 /// The hostname, lower-cased, as the node's default name.

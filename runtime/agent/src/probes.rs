@@ -340,6 +340,9 @@ pub struct ProbeVerdict {
     pub ready: bool,
     /// Restart the container, for this reason.
     pub kill: Option<String>,
+    /// The probes that failed in this run, as the kubelet words its Unhealthy events
+    /// (`Liveness probe failed: ...`).
+    pub failures: Vec<String>,
     /// How long until a probe is due again.
     pub next_due: Duration,
 }
@@ -370,6 +373,7 @@ impl ContainerProbes {
         container: &Container,
         exec: &dyn ExecProber,
     ) -> ProbeVerdict {
+        let mut failures = Vec::new();
         for kind in self.state.due(Instant::now()) {
             let (Some(probe), Some(timing)) =
                 (self.state.probe(kind).cloned(), self.state.timing(kind))
@@ -387,6 +391,9 @@ impl ContainerProbes {
             .await;
             if let ProbeResult::Failure(message) = &result {
                 tracing::info!(container = %container.name, probe = kind.name(), %message, "probe failed");
+                let name = kind.name();
+                let title: String = name[..1].to_uppercase() + &name[1..];
+                failures.push(format!("{title} probe failed: {message}"));
             }
             self.state.record(kind, Instant::now(), result);
         }
@@ -399,6 +406,7 @@ impl ContainerProbes {
             started: self.state.started(),
             ready: self.state.ready() && self.state.started(),
             kill,
+            failures,
             next_due: self
                 .state
                 .next_due()

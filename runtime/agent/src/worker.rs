@@ -10,6 +10,7 @@
 use super::containerd::{self, Containerd, ExitInfo};
 use super::podstatus::{backoff_delay, ContainerRecord, ContainerState, PodRecord, RestartPolicy};
 use super::{env, images, logs, probes, spec, volumes, NodeContext};
+use cairn_wire::events::{container_field_path, object_reference, EventRecord, EventType};
 use cairn_wire::time::{now_rfc3339 as now, rfc3339_at as rfc3339};
 use cairn_wire::value::str_at;
 use k8s_openapi::api::core::v1::{Container, Pod};
@@ -156,6 +157,25 @@ pub struct Worker {
 }
 
 impl Worker {
+    /// Records an Event about this pod (or one of its containers: `(name, init)`).
+    fn event(
+        &self,
+        container: Option<(&str, bool)>,
+        kind: EventType,
+        reason: &str,
+        message: String,
+    ) {
+        let pod = match &self.pod_json {
+            Some(p) => p.clone(),
+            None => serde_json::to_value(&self.pod).unwrap_or_default(),
+        };
+        let path = container.map(|(name, init)| container_field_path(name, init));
+        let involved = object_reference(&pod, path.as_deref());
+        self.ctx
+            .events
+            .record(EventRecord::new(involved, kind, reason, message));
+    }
+
     pub fn new(ctx: Arc<NodeContext>, uid: String, shared: Arc<PodShared>) -> Worker {
         Worker {
             ctx,
@@ -255,6 +275,7 @@ impl Worker {
     async fn sync(&mut self) -> Duration {
         if let Err((reason, message)) = self.ensure_sandbox().await {
             tracing::warn!(uid = %self.uid, %reason, %message, "pod sandbox");
+            self.event(None, EventType::Warning, &reason, message.clone());
             self.shared.record.lock().await.problem = Some((reason, message));
             self.save_record().await;
             return Duration::from_secs(5);
@@ -506,6 +527,14 @@ impl Worker {
                     self.pod.metadata.namespace.clone().unwrap_or_default(),
                     self.uid
                 );
+                let event = format!(
+                    "Back-off restarting failed container {} in pod {}_{}({})",
+                    c.name,
+                    self.pod.metadata.name.clone().unwrap_or_default(),
+                    self.pod.metadata.namespace.clone().unwrap_or_default(),
+                    self.uid
+                );
+                self.event(Some((&c.name, init)), EventType::Warning, "BackOff", event);
                 self.update_record(&c.name, init, |r| r.wait("CrashLoopBackOff", message))
                     .await;
                 return Step::After(wait);
@@ -515,6 +544,17 @@ impl Worker {
             Ok(()) => Step::After(Duration::from_millis(500)),
             Err((reason, message)) => {
                 tracing::info!(uid = %self.uid, container = %c.name, %reason, %message, "container not started");
+                let (warning, at) = (EventType::Warning, Some((c.name.as_str(), init)));
+                if reason == "ErrImagePull" && self.backoff_until.contains_key(&c.name) {
+                    let image = c.image.clone().unwrap_or_default();
+                    self.event(
+                        at,
+                        warning,
+                        "BackOff",
+                        format!("Back-off pulling image {image:?}"),
+                    );
+                }
+                self.event(at, warning, "Failed", format!("Error: {reason}"));
                 self.update_record(&c.name, init, |r| r.wait(&reason, message))
                     .await;
                 let attempts = self.backoff_until.len() as u32 + 1;
@@ -605,15 +645,44 @@ impl Worker {
             c.image.as_deref().unwrap_or(""),
         );
         let image_ref = c.image.clone().unwrap_or_default();
-        let image = images::ensure_image(&ctx.ctr, &image_ref, policy)
-            .await
-            .map_err(|e| {
-                let reason = match policy {
-                    images::PullPolicy::Never => "ErrImageNeverPull",
-                    _ => "ErrImagePull",
-                };
-                (reason.to_string(), e.to_string())
-            })?;
+        let at = Some((c.name.as_str(), init));
+        let cached = match policy {
+            images::PullPolicy::Always => None,
+            _ => images::get_image(&ctx.ctr, &image_ref).await.ok().flatten(),
+        };
+        let image = match cached {
+            Some(image) => {
+                let message = format!("Container image {image_ref:?} already present on machine");
+                self.event(at, EventType::Normal, "Pulled", message);
+                image
+            }
+            None => {
+                if policy != images::PullPolicy::Never {
+                    self.event(
+                        at,
+                        EventType::Normal,
+                        "Pulling",
+                        format!("Pulling image {image_ref:?}"),
+                    );
+                }
+                let pull_started = Instant::now();
+                let image = images::ensure_image(&ctx.ctr, &image_ref, policy)
+                    .await
+                    .map_err(|e| {
+                        let reason = match policy {
+                            images::PullPolicy::Never => "ErrImageNeverPull",
+                            _ => "ErrImagePull",
+                        };
+                        let message = format!("Failed to pull image {image_ref:?}: {e}");
+                        self.event(at, EventType::Warning, "Failed", message);
+                        (reason.to_string(), e.to_string())
+                    })?;
+                let secs = pull_started.elapsed().as_secs_f64();
+                let message = format!("Successfully pulled image {image_ref:?} in {secs:.3}s");
+                self.event(at, EventType::Normal, "Pulled", message);
+                image
+            }
+        };
         let pod_ip = self.shared.record.lock().await.pod_ip.clone();
         let envs = env::resolve(&self.pod, c, ctx.source.as_ref(), &self.node_facts(pod_ip))
             .await
@@ -671,10 +740,22 @@ impl Worker {
             .create_container(&id, &image.name, &id, &spec_json, labels)
             .await
             .map_err(err)?;
+        self.event(
+            at,
+            EventType::Normal,
+            "Created",
+            format!("Created container {}", c.name),
+        );
         let (started_at, exit) = self
             .start_task(&id, c, attempt, mounts)
             .await
             .map_err(|e| ("RunContainerError".to_string(), e.to_string()))?;
+        self.event(
+            at,
+            EventType::Normal,
+            "Started",
+            format!("Started container {}", c.name),
+        );
         let inst = Instance {
             id: id.clone(),
             attempt,
@@ -779,6 +860,14 @@ impl Worker {
             .run_due(&inst.id, &pod_ip, c, self.ctx.exec_prober.as_ref())
             .await;
         let next = verdict.next_due;
+        for failure in &verdict.failures {
+            self.event(
+                Some((&c.name, init)),
+                EventType::Warning,
+                "Unhealthy",
+                failure.clone(),
+            );
+        }
         self.update_record(&c.name, init, |r| {
             r.started = verdict.started;
             r.ready = verdict.ready;
@@ -786,6 +875,8 @@ impl Worker {
         .await;
         if let Some(reason) = verdict.kill {
             tracing::info!(uid = %self.uid, container = %c.name, %reason, "probe failed; restarting the container");
+            let message = format!("Container {} {reason}, will be restarted", c.name);
+            self.event(Some((&c.name, init)), EventType::Normal, "Killing", message);
             let grace = self.grace_period(None);
             self.stop_instance(c, inst, grace).await;
             return Step::After(Duration::from_millis(100));
@@ -883,6 +974,17 @@ impl Worker {
                 (c, inst.clone())
             })
             .collect();
+        for (c, inst) in &stopped {
+            if inst.exit.borrow().is_none() {
+                let init = spec
+                    .init_containers
+                    .iter()
+                    .flatten()
+                    .any(|i| i.name == c.name);
+                let message = format!("Stopping container {}", c.name);
+                self.event(Some((&c.name, init)), EventType::Normal, "Killing", message);
+            }
+        }
         let me = &*self;
         futures_util::future::join_all(
             stopped

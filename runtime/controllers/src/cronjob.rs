@@ -298,30 +298,10 @@ impl Controller for CronJobController {
     }
 }
 
-/// Records a Warning Event about a CronJob (best effort, once per reason and message).
+/// Records a Warning Event about a CronJob.
 async fn record_warning(store: &dyn Store, cj: &Value, reason: &str, message: &str) {
-    let Some(events) = cairn_api::resources::find("", "v1", "events") else {
-        return;
-    };
-    let name = format!(
-        "{}.{}",
-        util::name(cj),
-        super::deployment::pod_template_hash(
-            &json!({"r": reason, "m": message, "u": util::uid(cj)}),
-            None
-        )
-    );
-    let now = cairn_wire::time::now_rfc3339();
-    let ev = json!({
-        "apiVersion": "v1", "kind": "Event",
-        "metadata": {"name": name, "namespace": util::namespace(cj)},
-        "involvedObject": {"apiVersion": "batch/v1", "kind": "CronJob", "name": util::name(cj),
-                           "namespace": util::namespace(cj), "uid": util::uid(cj)},
-        "reason": reason, "message": message, "type": "Warning", "count": 1,
-        "firstTimestamp": now, "lastTimestamp": now,
-        "source": {"component": "cronjob-controller"},
-    });
-    let _ = util::create(store, events, ev).await;
+    let warning = cairn_wire::events::EventType::Warning;
+    util::record_event(store, "cronjob-controller", cj, warning, reason, message).await;
 }
 
 #[cfg(test)]

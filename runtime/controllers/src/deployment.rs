@@ -1271,10 +1271,25 @@ impl Controller for DeploymentController {
         for action in plan.actions {
             match action {
                 Action::CreateReplicaSet(rs) => {
-                    util::create(store, rs_r, rs).await?;
+                    let created = util::create(store, rs_r, rs).await?;
+                    let to = util::int_at(&created, "/spec/replicas", 0);
+                    let message = format!("Scaled up replica set {} to {to}", util::name(&created));
+                    record_scaling(store, &d, message).await;
                 }
                 Action::UpdateReplicaSet(old, new) => {
-                    util::update(store, rs_r, &old, new).await?;
+                    let (from, to) = (
+                        util::int_at(&old, "/spec/replicas", 0),
+                        util::int_at(&new, "/spec/replicas", 0),
+                    );
+                    let written = util::update(store, rs_r, &old, new).await?;
+                    if from != to {
+                        let way = if to > from { "up" } else { "down" };
+                        let message = format!(
+                            "Scaled {way} replica set {} from {from} to {to}",
+                            util::name(&written)
+                        );
+                        record_scaling(store, &d, message).await;
+                    }
                 }
                 Action::DeleteReplicaSet(rs) => util::delete(store, rs_r, &rs).await?,
                 Action::UpdateDeployment(new) => {
@@ -1286,6 +1301,20 @@ impl Controller for DeploymentController {
             .requeue_after
             .map(|s| Duration::from_secs(s.max(1) as u64)))
     }
+}
+
+/// A ScalingReplicaSet Event on the Deployment, as kube-controller-manager words it.
+async fn record_scaling(store: &dyn Store, d: &Value, message: String) {
+    let normal = cairn_wire::events::EventType::Normal;
+    util::record_event(
+        store,
+        "deployment-controller",
+        d,
+        normal,
+        "ScalingReplicaSet",
+        message,
+    )
+    .await;
 }
 
 #[cfg(test)]

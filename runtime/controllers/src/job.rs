@@ -19,6 +19,7 @@ use anyhow::Result;
 use async_trait::async_trait;
 use cairn_api::objects::decode;
 use cairn_store::{Event, Store};
+use cairn_wire::events::EventType;
 use cairn_wire::time::rfc3339;
 use cairn_wire::value::str_at;
 use serde_json::{json, Value};
@@ -34,6 +35,9 @@ pub struct Plan {
     pub delete_job: bool,
     pub requeue_after: Option<i64>,
 }
+
+/// The Job controller's name in its Events.
+const COMPONENT: &str = "job-controller";
 
 /// Whether a Job has finished: its Complete or Failed condition is True.
 pub fn finished(job: &Value) -> Option<&'static str> {
@@ -291,16 +295,55 @@ impl Controller for JobController {
             util::delete(store, util::jobs(), &job).await?;
             return Ok(None);
         }
+        let normal = EventType::Normal;
         for pod in plan.create {
-            util::create(store, pods_r, pod).await?;
+            let created = util::create(store, pods_r, pod).await?;
+            let message = format!("Created pod: {}", util::name(&created));
+            util::record_event(store, COMPONENT, &job, normal, "SuccessfulCreate", message).await;
         }
         for pod in &plan.delete {
             util::delete(store, pods_r, pod).await?;
+            let message = format!("Deleted pod: {}", util::name(pod));
+            util::record_event(store, COMPONENT, &job, normal, "SuccessfulDelete", message).await;
         }
         if let Some(status) = plan.status {
+            let was = finished(&job);
             let mut new = job.clone();
             new["status"] = status;
-            util::update(store, util::jobs(), &job, new).await?;
+            let written = util::update(store, util::jobs(), &job, new).await?;
+            match (was, finished(&written)) {
+                (None, Some("Complete")) => {
+                    util::record_event(
+                        store,
+                        COMPONENT,
+                        &written,
+                        normal,
+                        "Completed",
+                        "Job completed",
+                    )
+                    .await
+                }
+                (None, Some(_)) => {
+                    let reason = util::condition(&written, "Failed")
+                        .and_then(|c| c["reason"].as_str())
+                        .unwrap_or("BackoffLimitExceeded")
+                        .to_string();
+                    let message = util::condition(&written, "Failed")
+                        .and_then(|c| c["message"].as_str())
+                        .unwrap_or("Job has reached the specified backoff limit")
+                        .to_string();
+                    util::record_event(
+                        store,
+                        COMPONENT,
+                        &written,
+                        EventType::Warning,
+                        &reason,
+                        message,
+                    )
+                    .await
+                }
+                _ => {}
+            }
         }
         Ok(plan
             .requeue_after

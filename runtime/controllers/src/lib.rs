@@ -21,6 +21,7 @@ pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
 pub mod endpoints;
+pub mod eventttl;
 pub mod gc;
 pub mod job;
 pub mod namespace;
@@ -83,9 +84,9 @@ impl Default for LoopOptions {
 
 /// Starts every controller on the store (ReplicaSet, Deployment, garbage collector,
 /// scheduler). The tasks run until the runtime stops (or their handles are aborted).
-pub fn spawn_all(store: Arc<dyn Store>) -> Vec<JoinHandle<()>> {
+pub fn spawn_all(store: Arc<dyn Store>, event_ttl: Option<Duration>) -> Vec<JoinHandle<()>> {
     let opts = LoopOptions::default();
-    vec![
+    let mut tasks = vec![
         spawn(
             replicaset::ReplicaSetController::default(),
             store.clone(),
@@ -124,8 +125,12 @@ pub fn spawn_all(store: Arc<dyn Store>) -> Vec<JoinHandle<()>> {
             store.clone(),
             opts,
         ),
-        spawn(scheduler::Scheduler, store, opts),
-    ]
+        spawn(scheduler::Scheduler, store.clone(), opts),
+    ];
+    if let Some(ttl) = event_ttl {
+        tasks.push(spawn(eventttl::EventTtl { ttl }, store, opts));
+    }
+    tasks
 }
 
 /// Runs one controller on its own task.

@@ -16,6 +16,7 @@ use anyhow::Result;
 use async_trait::async_trait;
 use cairn_api::resources::{self, Resource};
 use cairn_store::{Event, Store};
+use cairn_wire::events::EventType;
 use cairn_wire::time::rfc3339;
 use cairn_wire::value::str_at;
 use serde_json::{json, Value};
@@ -308,7 +309,8 @@ impl Controller for NodeLifecycleController {
             .is_some_and(|t| t.iter().any(|t| t["effect"] == "NoExecute"));
         if !tainted {
             if let Some(new) = first.node {
-                util::update(store, util::nodes(), &node, new).await?;
+                let written = util::update(store, util::nodes(), &node, new).await?;
+                record_readiness_change(store, &node, &written).await;
             }
             return Ok(first
                 .requeue_after
@@ -321,15 +323,50 @@ impl Controller for NodeLifecycleController {
             .collect();
         let plan = reconcile(&node, heard, &pods, now, self.grace_period);
         if let Some(new) = plan.node {
-            util::update(store, util::nodes(), &node, new).await?;
+            let written = util::update(store, util::nodes(), &node, new).await?;
+            record_readiness_change(store, &node, &written).await;
         }
         for pod in &plan.evict {
             tracing::info!(pod = %util::name(pod), node = %util::name(&node), "evicting pod from unreachable node");
             util::delete(store, util::pods(), pod).await?;
+            let message = format!(
+                "Marking for deletion Pod {}/{}",
+                util::namespace(pod),
+                util::name(pod)
+            );
+            util::record_event(
+                store,
+                COMPONENT,
+                pod,
+                EventType::Normal,
+                "TaintManagerEviction",
+                message,
+            )
+            .await;
         }
         Ok(plan
             .requeue_after
             .map(|s| Duration::from_secs(s.max(1) as u64)))
+    }
+}
+
+/// The node lifecycle controller's name in its Events.
+const COMPONENT: &str = "node-controller";
+
+/// A NodeNotReady Event when the controller took a node's Ready condition away.
+async fn record_readiness_change(store: &dyn Store, before: &Value, after: &Value) {
+    let ready = |n: &Value| util::condition(n, "Ready").map(|c| c["status"].clone());
+    if ready(before) == Some(serde_json::json!("True")) && ready(after) != ready(before) {
+        let message = format!("Node {} status is now: NodeNotReady", util::name(after));
+        util::record_event(
+            store,
+            COMPONENT,
+            after,
+            EventType::Normal,
+            "NodeNotReady",
+            message,
+        )
+        .await;
     }
 }
 

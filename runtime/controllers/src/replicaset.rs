@@ -18,6 +18,7 @@ use async_trait::async_trait;
 use cairn_api::objects::decode;
 use cairn_api::selectors::LabelSelector;
 use cairn_store::{Event, Store};
+use cairn_wire::events::EventType;
 use cairn_wire::value::str_at;
 use serde_json::{json, Map, Value};
 use std::time::Duration;
@@ -346,11 +347,35 @@ impl Controller for ReplicaSetController {
         for (old, new) in plan.pod_updates {
             util::update(store, pods_r, &old, new).await?;
         }
+        let component = match self.kind {
+            Replicated::ReplicaSet => "replicaset-controller",
+            Replicated::ReplicationController => "replication-controller",
+        };
         for pod in plan.create {
-            util::create(store, util::pods(), pod).await?;
+            let created = util::create(store, util::pods(), pod).await?;
+            let message = format!("Created pod: {}", util::name(&created));
+            util::record_event(
+                store,
+                component,
+                &rs,
+                EventType::Normal,
+                "SuccessfulCreate",
+                message,
+            )
+            .await;
         }
         for pod in &plan.delete {
             util::delete(store, pods_r, pod).await?;
+            let message = format!("Deleted pod: {}", util::name(pod));
+            util::record_event(
+                store,
+                component,
+                &rs,
+                EventType::Normal,
+                "SuccessfulDelete",
+                message,
+            )
+            .await;
         }
         if let Some(status) = plan.status {
             let mut new = rs.clone();

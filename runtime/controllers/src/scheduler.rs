@@ -23,6 +23,7 @@ use anyhow::Result;
 use async_trait::async_trait;
 use cairn_api::objects::decode;
 use cairn_store::{Event, EventKind, Store};
+use cairn_wire::events::EventType;
 use cairn_wire::quantity::parse_quantity;
 use cairn_wire::time::now_rfc3339;
 use cairn_wire::value::str_at;
@@ -433,6 +434,9 @@ fn node_fingerprint(node: &Value) -> Value {
     ])
 }
 
+/// The scheduler's name in its Events, as kube-scheduler reports itself.
+const COMPONENT: &str = "default-scheduler";
+
 /// Runs [`schedule`] against the store.
 pub struct Scheduler;
 
@@ -505,10 +509,34 @@ impl Controller for Scheduler {
         let pods = util::list(store, &util::pods().key_prefix(None)).await?;
         let result = schedule(&pod, &nodes, &pods);
         if let Some(new) = scheduled_pod(&pod, &result, &now_rfc3339()) {
-            util::update(store, util::pods(), &pod, new).await?;
+            let written = util::update(store, util::pods(), &pod, new).await?;
+            let (ns, name) = (util::namespace(&pod), util::name(&pod));
             match &result {
-                Ok(node) => tracing::debug!(%key, %node, "scheduled"),
-                Err(why) => tracing::debug!(%key, %why, "unschedulable"),
+                Ok(node) => {
+                    tracing::debug!(%key, %node, "scheduled");
+                    let message = format!("Successfully assigned {ns}/{name} to {node}");
+                    util::record_event(
+                        store,
+                        COMPONENT,
+                        &written,
+                        EventType::Normal,
+                        "Scheduled",
+                        message,
+                    )
+                    .await;
+                }
+                Err(why) => {
+                    tracing::debug!(%key, %why, "unschedulable");
+                    util::record_event(
+                        store,
+                        COMPONENT,
+                        &written,
+                        EventType::Warning,
+                        "FailedScheduling",
+                        why.as_str(),
+                    )
+                    .await;
+                }
             }
         }
         Ok(None)

@@ -7,6 +7,7 @@ use cairn_api::registry::{self, Part, RegistryError, WriteOptions};
 use cairn_api::resources::{self, Resource};
 use cairn_api::selectors::LabelSelector;
 use cairn_store::{Store, StoreError};
+use cairn_wire::events::{object_reference, EventRecord, EventSource, EventType};
 use cairn_wire::time::parse_rfc3339;
 use cairn_wire::value::str_at;
 use serde_json::{json, Value};
@@ -287,6 +288,49 @@ pub fn controller_key(obj: &Value, api_group: &str, kind: &str, r: &Resource) ->
 /// Whether an error is a store error of some kind.
 pub fn is_store_error(e: &anyhow::Error, f: impl Fn(&StoreError) -> bool) -> bool {
     e.downcast_ref::<StoreError>().is_some_and(f)
+}
+
+/// Records an Event about `obj` from the controller `component`, through the registry: a
+/// repeat of the same occurrence bumps the existing Event's count. Best effort: an event that
+/// cannot be written is logged, never an error of the sync that made it.
+pub async fn record_event(
+    store: &dyn Store,
+    component: &str,
+    obj: &Value,
+    kind: EventType,
+    reason: &str,
+    message: impl Into<String>,
+) {
+    let rec = EventRecord::new(object_reference(obj, None), kind, reason, message);
+    let source = EventSource {
+        component: component.to_string(),
+        host: None,
+    };
+    if let Err(e) = write_event(store, &rec, &source).await {
+        tracing::debug!(%component, %reason, error = %e, "event not recorded");
+    }
+}
+
+async fn write_event(store: &dyn Store, rec: &EventRecord, source: &EventSource) -> Result<()> {
+    let events = resource("", "events");
+    let now = cairn_wire::time::now_rfc3339();
+    let key = events.key(Some(rec.namespace()), &rec.name(source));
+    match get(store, &key).await? {
+        Some(existing) => {
+            let mut new = existing.clone();
+            for (k, v) in cairn_wire::events::repeat_patch(&existing, &now)
+                .as_object()
+                .into_iter()
+                .flatten()
+            {
+                new[k] = v.clone();
+            }
+            update(store, events, &existing, new).await.map(|_| ())
+        }
+        None => create(store, events, rec.to_event(source, &now))
+            .await
+            .map(|_| ()),
+    }
 }
 
 #[cfg(test)]

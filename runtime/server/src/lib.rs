@@ -25,6 +25,8 @@ pub struct ServerOptions {
     pub write_kubeconfig: Option<PathBuf>,
     pub token: Option<String>,
     pub tls_san: Vec<String>,
+    /// How long Events are kept after they last happened; `None` keeps them.
+    pub event_ttl: Option<Duration>,
 }
 
 /// Namespaces every cluster has.
@@ -253,7 +255,7 @@ pub async fn run(opts: ServerOptions) -> Result<()> {
     bootstrap(&store).await?;
     publish_api_endpoints(&store, opts.bind_address, opts.port).await?;
     // Scheduler, ReplicaSet, Deployment and garbage collector: they run for the server's life.
-    let _controllers = cairn_controllers::spawn_all(store.clone());
+    let _controllers = cairn_controllers::spawn_all(store.clone(), opts.event_ttl);
 
     let admin_token = read_or_make_token(&opts.data_dir.join("token"))?;
     let mut tokens = auth::Tokens::default();

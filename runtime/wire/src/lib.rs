@@ -3,6 +3,7 @@
 //! Kubernetes value helpers (time, quantities, fields) every side reads objects with.
 
 pub mod client;
+pub mod events;
 pub mod join;
 pub mod kubeconfig;
 pub mod net;
