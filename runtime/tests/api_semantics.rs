@@ -384,3 +384,161 @@ fn bodies_in_yaml_and_over_the_limit_on_both_http_versions() {
         assert!(body.contains("RequestEntityTooLarge"), "{http}: {body}");
     }
 }
+
+#[test]
+fn kubectl_generators_send_protobuf_for_every_kind() {
+    let s = Server::start();
+    for args in [
+        &[
+            "create",
+            "deployment",
+            "web",
+            "--image=busybox",
+            "--replicas=2",
+            "--port=80",
+        ][..],
+        &["create", "service", "clusterip", "web", "--tcp=80:8080"],
+        &["create", "service", "nodeport", "np", "--tcp=80"],
+        &[
+            "create",
+            "job",
+            "once",
+            "--image=busybox",
+            "--",
+            "echo",
+            "hi",
+        ],
+        &[
+            "create",
+            "cronjob",
+            "tick",
+            "--image=busybox",
+            "--schedule=*/1 * * * *",
+            "--",
+            "date",
+        ],
+        &["create", "configmap", "cfg", "--from-literal=a=1"],
+        &["create", "secret", "generic", "pw", "--from-literal=a=b"],
+        &["create", "namespace", "team"],
+        &["create", "serviceaccount", "robot"],
+        &["create", "role", "reader", "--verb=get", "--resource=pods"],
+        &[
+            "create",
+            "rolebinding",
+            "reader",
+            "--role=reader",
+            "--user=jane",
+        ],
+        &[
+            "create",
+            "clusterrole",
+            "nodes",
+            "--verb=get",
+            "--resource=nodes",
+        ],
+        &[
+            "create",
+            "clusterrolebinding",
+            "nodes",
+            "--clusterrole=nodes",
+            "--group=ops",
+        ],
+        &["create", "quota", "q", "--hard=pods=10"],
+        &[
+            "create",
+            "pdb",
+            "web",
+            "--selector=app=web",
+            "--min-available=1",
+        ],
+        &["create", "priorityclass", "high", "--value=1000"],
+        &["create", "ingress", "web", "--rule=web.example.com/=web:80"],
+        &[
+            "run",
+            "one",
+            "--image=busybox",
+            "--labels=app=one",
+            "--env=A=1",
+            "--",
+            "sleep",
+            "3600",
+        ],
+        &["expose", "pod", "one", "--port=80"],
+        &["scale", "deployment", "web", "--replicas=3"],
+        &["set", "image", "deployment/web", "busybox=busybox:1.36"],
+        &["label", "pod", "one", "tier=front", "--overwrite"],
+        &["annotate", "pod", "one", "owner=me", "--overwrite"],
+    ] {
+        s.ok(args);
+    }
+    // What the generators sent arrived whole.
+    assert_eq!(
+        s.ok(&["get", "deploy", "web", "-o", "jsonpath={.spec.replicas} {.spec.template.spec.containers[0].image} {.spec.template.spec.containers[0].ports[0].containerPort}"]),
+        "3 busybox:1.36 80"
+    );
+    assert_eq!(
+        s.ok(&[
+            "get",
+            "svc",
+            "web",
+            "-o",
+            "jsonpath={.spec.ports[0].port} {.spec.ports[0].targetPort}"
+        ]),
+        "80 8080"
+    );
+    assert_eq!(
+        s.ok(&["get", "ing", "web", "-o", "jsonpath={.spec.rules[0].host} {.spec.rules[0].http.paths[0].backend.service.port.number}"]),
+        "web.example.com 80"
+    );
+    assert_eq!(
+        s.ok(&["get", "secret", "pw", "-o", "jsonpath={.data.a}"]),
+        "Yg=="
+    );
+    assert_eq!(
+        s.ok(&[
+            "get",
+            "rolebinding",
+            "reader",
+            "-o",
+            "jsonpath={.roleRef.name} {.subjects[0].name}"
+        ]),
+        "reader jane"
+    );
+    assert_eq!(
+        s.ok(&[
+            "get",
+            "pod",
+            "one",
+            "-o",
+            "jsonpath={.spec.containers[0].env[0].value} {.metadata.labels.tier}"
+        ]),
+        "1 front"
+    );
+    assert!(s
+        .ok(&["rollout", "history", "deployment/web"])
+        .contains("2 "));
+    s.ok(&["rollout", "undo", "deployment/web"]);
+    s.ok(&[
+        "debug",
+        "one",
+        "--copy-to=one-debug",
+        "--image=busybox",
+        "--profile=general",
+    ]);
+    assert_eq!(
+        s.ok(&[
+            "get",
+            "pod",
+            "one-debug",
+            "-o",
+            "jsonpath={.spec.containers[*].name}"
+        ])
+        .split(' ')
+        .count(),
+        2
+    );
+    // kubectl sends DeleteOptions as protobuf too.
+    assert!(s
+        .ok(&["delete", "pod", "one", "--grace-period=0"])
+        .contains("deleted"));
+}

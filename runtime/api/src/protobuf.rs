@@ -1,9 +1,15 @@
 //! Kubernetes' protobuf request bodies (`application/vnd.kubernetes.protobuf`) decoded into
-//! JSON objects. kubectl's typed clients (`kubectl create namespace|configmap|secret|
-//! serviceaccount`) send them; responses are always JSON, which those clients accept.
+//! the JSON objects they stand for. kubectl's typed clients send them for every built-in kind
+//! (`kubectl create deployment|service|job|role|...`, `drain`'s evictions and DeleteOptions);
+//! responses are always JSON, which those clients accept.
 //!
 //! A body is the magic `k8s\0` followed by a `runtime.Unknown` message whose `raw` field is
-//! the typed object. Each supported kind is described by a small field table.
+//! the typed object. Every message is decoded generically from a table generated at build time
+//! from the Kubernetes protobuf definitions (see `build.rs`); a few apimachinery types have a
+//! JSON form of their own (times, quantities, int-or-strings, raw JSON), as in Go.
+//!
+//! Go writes every non-pointer field, so a decoded object carries empty strings and empty
+//! times the JSON form would omit; they are dropped, which is what Go's `omitempty` does.
 
 use base64::Engine;
 use serde_json::{json, Map, Value};
@@ -14,122 +20,58 @@ pub enum ProtoError {
     NoMagic,
     #[error("malformed protobuf: {0}")]
     Malformed(&'static str),
-    #[error("protobuf bodies are accepted for Namespace, ConfigMap, Secret and ServiceAccount, not {0}: send JSON (kubectl apply does)")]
+    #[error("protobuf bodies are not known for {0}: send JSON")]
     UnsupportedKind(String),
 }
 
-#[derive(Clone, Copy)]
-enum Ty {
+/// The type of a field in the generated table.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Ty {
     Str,
-    Int,
+    Bytes,
     Bool,
-    Time,
-    MapStr,
-    MapBytes,
-    Msg(&'static [Field]),
+    Int,
+    Double,
+    /// A message, by its full name.
+    Msg(&'static str),
+    /// `map<string, V>`.
+    Map(&'static Ty),
 }
 
-#[derive(Clone, Copy)]
-struct Field {
-    number: u64,
-    name: &'static str,
+#[derive(Debug)]
+pub(crate) struct Field {
+    number: u32,
+    json: &'static str,
     ty: Ty,
     repeated: bool,
+    /// Embedded inline in Go: its fields are the parent's in JSON.
+    inline: bool,
 }
 
-const fn f(number: u64, name: &'static str, ty: Ty) -> Field {
-    Field {
-        number,
-        name,
-        ty,
-        repeated: false,
-    }
+#[derive(Debug)]
+pub(crate) struct Message {
+    name: &'static str,
+    fields: &'static [Field],
 }
 
-const fn r(number: u64, name: &'static str, ty: Ty) -> Field {
-    Field {
-        number,
-        name,
-        ty,
-        repeated: true,
-    }
+include!(concat!(env!("OUT_DIR"), "/k8s_protobuf.rs"));
+
+fn message_named(name: &str) -> Option<&'static Message> {
+    MESSAGES
+        .binary_search_by(|m| m.name.cmp(name))
+        .ok()
+        .map(|i| &MESSAGES[i])
 }
 
-const OWNER_REFERENCE: &[Field] = &[
-    f(1, "kind", Ty::Str),
-    f(3, "name", Ty::Str),
-    f(4, "uid", Ty::Str),
-    f(5, "apiVersion", Ty::Str),
-    f(6, "controller", Ty::Bool),
-    f(7, "blockOwnerDeletion", Ty::Bool),
-];
-
-const OBJECT_META: &[Field] = &[
-    f(1, "name", Ty::Str),
-    f(2, "generateName", Ty::Str),
-    f(3, "namespace", Ty::Str),
-    f(5, "uid", Ty::Str),
-    f(6, "resourceVersion", Ty::Str),
-    f(7, "generation", Ty::Int),
-    f(8, "creationTimestamp", Ty::Time),
-    f(9, "deletionTimestamp", Ty::Time),
-    f(10, "deletionGracePeriodSeconds", Ty::Int),
-    f(11, "labels", Ty::MapStr),
-    f(12, "annotations", Ty::MapStr),
-    r(13, "ownerReferences", Ty::Msg(OWNER_REFERENCE)),
-    r(14, "finalizers", Ty::Str),
-];
-
-const OBJECT_REFERENCE: &[Field] = &[
-    f(1, "kind", Ty::Str),
-    f(2, "namespace", Ty::Str),
-    f(3, "name", Ty::Str),
-    f(4, "uid", Ty::Str),
-    f(5, "apiVersion", Ty::Str),
-    f(6, "resourceVersion", Ty::Str),
-    f(7, "fieldPath", Ty::Str),
-];
-
-const LOCAL_OBJECT_REFERENCE: &[Field] = &[f(1, "name", Ty::Str)];
-
-const NAMESPACE: &[Field] = &[
-    f(1, "metadata", Ty::Msg(OBJECT_META)),
-    f(2, "spec", Ty::Msg(&[r(1, "finalizers", Ty::Str)])),
-    f(3, "status", Ty::Msg(&[f(1, "phase", Ty::Str)])),
-];
-
-const CONFIG_MAP: &[Field] = &[
-    f(1, "metadata", Ty::Msg(OBJECT_META)),
-    f(2, "data", Ty::MapStr),
-    f(3, "binaryData", Ty::MapBytes),
-    f(4, "immutable", Ty::Bool),
-];
-
-const SECRET: &[Field] = &[
-    f(1, "metadata", Ty::Msg(OBJECT_META)),
-    f(2, "data", Ty::MapBytes),
-    f(3, "type", Ty::Str),
-    f(4, "stringData", Ty::MapStr),
-    f(5, "immutable", Ty::Bool),
-];
-
-const SERVICE_ACCOUNT: &[Field] = &[
-    f(1, "metadata", Ty::Msg(OBJECT_META)),
-    r(2, "secrets", Ty::Msg(OBJECT_REFERENCE)),
-    r(3, "imagePullSecrets", Ty::Msg(LOCAL_OBJECT_REFERENCE)),
-    f(4, "automountServiceAccountToken", Ty::Bool),
-];
-
-const TYPE_META: &[Field] = &[f(1, "apiVersion", Ty::Str), f(2, "kind", Ty::Str)];
-
-fn schema_for(kind: &str) -> Option<&'static [Field]> {
-    match kind {
-        "Namespace" => Some(NAMESPACE),
-        "ConfigMap" => Some(CONFIG_MAP),
-        "Secret" => Some(SECRET),
-        "ServiceAccount" => Some(SERVICE_ACCOUNT),
-        _ => None,
-    }
+/// The message of `kind` in `apiVersion`; the meta.k8s.io kinds (DeleteOptions) for any
+/// version, as clients send them under the version of the resource they talk to.
+fn message_for(api_version: &str, kind: &str) -> Option<&'static Message> {
+    let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
+    KINDS
+        .iter()
+        .find(|(g, v, k, _)| *g == group && *v == version && *k == kind)
+        .and_then(|(_, _, _, m)| message_named(m))
+        .or_else(|| message_named(&format!("apimachinery.pkg.apis.meta.v1.{kind}")))
 }
 
 struct Reader<'a> {
@@ -179,6 +121,15 @@ impl<'a> Reader<'a> {
         }
     }
 
+    fn fixed(&mut self, n: usize) -> Result<&'a [u8], ProtoError> {
+        let out = self
+            .buf
+            .get(self.pos..self.pos + n)
+            .ok_or(ProtoError::Malformed("truncated fixed field"))?;
+        self.pos += n;
+        Ok(out)
+    }
+
     fn advance(&mut self, n: usize) -> Result<(), ProtoError> {
         if self.pos + n > self.buf.len() {
             return Err(ProtoError::Malformed("truncated fixed field"));
@@ -196,80 +147,250 @@ fn utf8(b: &[u8]) -> Result<String, ProtoError> {
     String::from_utf8(b.to_vec()).map_err(|_| ProtoError::Malformed("string is not UTF-8"))
 }
 
-fn map_entry(b: &[u8], bytes_value: bool) -> Result<(String, Value), ProtoError> {
+fn zigzag_free(v: u64) -> i64 {
+    // int32/int64 are plain two's-complement varints (negative int32s as ten bytes).
+    v as i64
+}
+
+/// One value of type `ty` at the reader (its key already read, with wire type `wire`).
+fn value(rd: &mut Reader<'_>, ty: Ty, wire: u64) -> Result<Option<Value>, ProtoError> {
+    Ok(Some(match (ty, wire) {
+        (Ty::Int, 0) => json!(zigzag_free(rd.varint()?)),
+        (Ty::Bool, 0) => json!(rd.varint()? != 0),
+        (Ty::Double, 1) => {
+            let b = rd.fixed(8)?;
+            let mut a = [0u8; 8];
+            a.copy_from_slice(b);
+            json!(f64::from_le_bytes(a))
+        }
+        (Ty::Str, 2) => {
+            let s = utf8(rd.bytes()?)?;
+            if s.is_empty() {
+                return Ok(None);
+            }
+            json!(s)
+        }
+        (Ty::Bytes, 2) => json!(base64::engine::general_purpose::STANDARD.encode(rd.bytes()?)),
+        (Ty::Msg(name), 2) => return special_or_message(name, rd.bytes()?),
+        (_, w) => {
+            rd.skip(w)?;
+            return Ok(None);
+        }
+    }))
+}
+
+/// The fields of a small helper message by number (for the types with a JSON form of their
+/// own).
+fn scalars(b: &[u8]) -> Result<Vec<(u64, u64, Vec<u8>)>, ProtoError> {
     let mut rd = Reader { buf: b, pos: 0 };
-    let (mut k, mut v) = (String::new(), Value::String(String::new()));
+    let mut out = Vec::new();
+    while !rd.done() {
+        let key = rd.varint()?;
+        let (n, w) = (key >> 3, key & 7);
+        match w {
+            0 => out.push((n, rd.varint()?, Vec::new())),
+            2 => out.push((n, 0, rd.bytes()?.to_vec())),
+            _ => rd.skip(w)?,
+        }
+    }
+    Ok(out)
+}
+
+/// Go's `time.Duration` string (`1h2m3.5s`) of nanoseconds.
+fn go_duration(ns: i64) -> String {
+    if ns == 0 {
+        return "0s".into();
+    }
+    let sign = if ns < 0 { "-" } else { "" };
+    let ns = ns.unsigned_abs();
+    let (h, rest) = (ns / 3_600_000_000_000, ns % 3_600_000_000_000);
+    let (m, rest) = (rest / 60_000_000_000, rest % 60_000_000_000);
+    let secs = rest as f64 / 1e9;
+    let mut out = String::from(sign);
+    if h > 0 {
+        out.push_str(&format!("{h}h"));
+    }
+    if h > 0 || m > 0 {
+        out.push_str(&format!("{m}m"));
+    }
+    let s = format!("{secs:.9}");
+    let s = s.trim_end_matches('0').trim_end_matches('.');
+    out.push_str(&format!("{s}s"));
+    out
+}
+
+fn raw_json(b: &[u8]) -> Result<Option<Value>, ProtoError> {
+    if b.is_empty() {
+        return Ok(None);
+    }
+    serde_json::from_slice(b)
+        .map(Some)
+        .map_err(|_| ProtoError::Malformed("embedded JSON is not valid"))
+}
+
+fn special_or_message(name: &str, b: &[u8]) -> Result<Option<Value>, ProtoError> {
+    let field = |fields: &[(u64, u64, Vec<u8>)], n: u64| fields.iter().find(|f| f.0 == n).cloned();
+    match name {
+        "apimachinery.pkg.apis.meta.v1.Time" | "apimachinery.pkg.apis.meta.v1.MicroTime" => {
+            let f = scalars(b)?;
+            let Some((_, secs, _)) = field(&f, 1) else {
+                return Ok(None);
+            };
+            let base = cairn_wire::time::rfc3339(secs as i64);
+            if name.ends_with("MicroTime") {
+                let micros = field(&f, 2).map_or(0, |x| x.1) / 1000;
+                let base = base.trim_end_matches('Z');
+                return Ok(Some(json!(format!("{base}.{micros:06}Z"))));
+            }
+            Ok(Some(json!(base)))
+        }
+        "apimachinery.pkg.apis.meta.v1.Duration" => {
+            let f = scalars(b)?;
+            Ok(Some(json!(go_duration(
+                field(&f, 1).map_or(0, |x| x.1) as i64
+            ))))
+        }
+        "apimachinery.pkg.api.resource.Quantity" => {
+            let f = scalars(b)?;
+            let s = field(&f, 1).map(|x| x.2).unwrap_or_default();
+            Ok(Some(json!(utf8(&s)?)))
+        }
+        "apimachinery.pkg.util.intstr.IntOrString" => {
+            let f = scalars(b)?;
+            let is_string = field(&f, 1).is_some_and(|x| x.1 == 1);
+            if is_string {
+                let s = field(&f, 3).map(|x| x.2).unwrap_or_default();
+                Ok(Some(json!(utf8(&s)?)))
+            } else {
+                Ok(Some(json!(field(&f, 2).map_or(0, |x| x.1) as i32)))
+            }
+        }
+        "apimachinery.pkg.runtime.RawExtension"
+        | "apimachinery.pkg.apis.meta.v1.FieldsV1"
+        | "apiextensions_apiserver.pkg.apis.apiextensions.v1.Json"
+        | "apiextensions_apiserver.pkg.apis.apiextensions.v1beta1.Json" => {
+            let f = scalars(b)?;
+            raw_json(&field(&f, 1).map(|x| x.2).unwrap_or_default())
+        }
+        _ if name.ends_with(".ExtraValue") => {
+            // A Go []string with a protobuf wrapper: its JSON form is the list.
+            let v = message(
+                b,
+                message_named(name).ok_or(ProtoError::Malformed("no ExtraValue"))?,
+            )?;
+            Ok(Some(v.get("items").cloned().unwrap_or_else(|| json!([]))))
+        }
+        _ => {
+            let m = message_named(name).ok_or(ProtoError::Malformed("unknown message type"))?;
+            message(b, m).map(Some)
+        }
+    }
+}
+
+fn map_entry(b: &[u8], value_ty: Ty) -> Result<(String, Value), ProtoError> {
+    let mut rd = Reader { buf: b, pos: 0 };
+    let (mut k, mut v) = (String::new(), None);
     while !rd.done() {
         let key = rd.varint()?;
         match (key >> 3, key & 7) {
             (1, 2) => k = utf8(rd.bytes()?)?,
-            (2, 2) => {
-                let raw = rd.bytes()?;
-                v = if bytes_value {
-                    json!(base64::engine::general_purpose::STANDARD.encode(raw))
-                } else {
-                    json!(utf8(raw)?)
-                };
-            }
+            (2, w) => v = value(&mut rd, value_ty, w)?,
             (_, w) => rd.skip(w)?,
         }
     }
-    Ok((k, v))
+    // An entry whose value is the type's zero is written without it.
+    let zero = match value_ty {
+        Ty::Str => json!(""),
+        Ty::Bytes => json!(""),
+        Ty::Int => json!(0),
+        Ty::Bool => json!(false),
+        _ => json!({}),
+    };
+    Ok((k, v.unwrap_or(zero)))
 }
 
-fn time(b: &[u8]) -> Result<Value, ProtoError> {
-    let mut rd = Reader { buf: b, pos: 0 };
-    let mut secs = 0i64;
-    while !rd.done() {
-        let key = rd.varint()?;
-        match (key >> 3, key & 7) {
-            (1, 0) => secs = rd.varint()? as i64,
-            (_, w) => rd.skip(w)?,
-        }
-    }
-    Ok(json!(cairn_wire::time::rfc3339(secs)))
-}
-
-fn message(b: &[u8], fields: &[Field]) -> Result<Value, ProtoError> {
+fn message(b: &[u8], m: &Message) -> Result<Value, ProtoError> {
     let mut rd = Reader { buf: b, pos: 0 };
     let mut out = Map::new();
     while !rd.done() {
         let key = rd.varint()?;
         let (number, wire) = (key >> 3, key & 7);
-        let Some(field) = fields.iter().find(|f| f.number == number) else {
+        let Some(field) = m.fields.iter().find(|f| u64::from(f.number) == number) else {
             rd.skip(wire)?;
             continue;
         };
-        let value = match (field.ty, wire) {
-            (Ty::Int, 0) => json!(rd.varint()? as i64),
-            (Ty::Bool, 0) => json!(rd.varint()? != 0),
-            (Ty::Str, 2) => json!(utf8(rd.bytes()?)?),
-            (Ty::Time, 2) => time(rd.bytes()?)?,
-            (Ty::Msg(inner), 2) => message(rd.bytes()?, inner)?,
-            (Ty::MapStr | Ty::MapBytes, 2) => {
-                let (k, v) = map_entry(rd.bytes()?, matches!(field.ty, Ty::MapBytes))?;
-                let m = out.entry(field.name).or_insert_with(|| json!({}));
-                if let Some(m) = m.as_object_mut() {
-                    m.insert(k, v);
+        if let Ty::Map(value_ty) = field.ty {
+            if wire != 2 {
+                rd.skip(wire)?;
+                continue;
+            }
+            let (k, v) = map_entry(rd.bytes()?, *value_ty)?;
+            let entry = out.entry(field.json).or_insert_with(|| json!({}));
+            if let Some(map) = entry.as_object_mut() {
+                map.insert(k, v);
+            }
+            continue;
+        }
+        // Packed repeated scalars (a length-delimited run of varints).
+        if field.repeated && wire == 2 && matches!(field.ty, Ty::Int | Ty::Bool) {
+            let mut inner = Reader {
+                buf: rd.bytes()?,
+                pos: 0,
+            };
+            let list = out.entry(field.json).or_insert_with(|| json!([]));
+            while !inner.done() {
+                let n = inner.varint()?;
+                if let Some(l) = list.as_array_mut() {
+                    l.push(match field.ty {
+                        Ty::Bool => json!(n != 0),
+                        _ => json!(zigzag_free(n)),
+                    });
                 }
-                continue;
             }
-            (_, w) => {
-                rd.skip(w)?;
-                continue;
+            continue;
+        }
+        let v = value(&mut rd, field.ty, wire)?;
+        if field.inline {
+            if let Some(Value::Object(inner)) = v {
+                out.extend(inner);
             }
-        };
+            continue;
+        }
         if field.repeated {
-            let list = out.entry(field.name).or_insert_with(|| json!([]));
+            let list = out.entry(field.json).or_insert_with(|| json!([]));
             if let Some(l) = list.as_array_mut() {
-                l.push(value);
+                // An element keeps its place even when empty ("" in a list of strings).
+                l.push(v.unwrap_or_else(|| match field.ty {
+                    Ty::Str => json!(""),
+                    _ => Value::Null,
+                }));
             }
-        } else {
-            out.insert(field.name.to_string(), value);
+        } else if let Some(v) = v {
+            out.insert(field.json.to_string(), v);
         }
     }
     Ok(Value::Object(out))
 }
+
+const TYPE_META: Message = Message {
+    name: "runtime.TypeMeta",
+    fields: &[
+        Field {
+            number: 1,
+            json: "apiVersion",
+            ty: Ty::Str,
+            repeated: false,
+            inline: false,
+        },
+        Field {
+            number: 2,
+            json: "kind",
+            ty: Ty::Str,
+            repeated: false,
+            inline: false,
+        },
+    ],
+};
 
 /// Decodes a protobuf request body into the JSON object it stands for.
 pub fn decode(body: &[u8]) -> Result<Value, ProtoError> {
@@ -279,16 +400,21 @@ pub fn decode(body: &[u8]) -> Result<Value, ProtoError> {
     while !rd.done() {
         let key = rd.varint()?;
         match (key >> 3, key & 7) {
-            (1, 2) => type_meta = message(rd.bytes()?, TYPE_META)?,
+            (1, 2) => type_meta = message(rd.bytes()?, &TYPE_META)?,
             (2, 2) => raw = Some(rd.bytes()?),
             (_, w) => rd.skip(w)?,
         }
     }
     let kind = type_meta["kind"].as_str().unwrap_or_default().to_string();
-    let schema = schema_for(&kind).ok_or_else(|| ProtoError::UnsupportedKind(kind.clone()))?;
-    let mut obj = message(raw.unwrap_or_default(), schema)?;
+    let api_version = type_meta["apiVersion"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let m = message_for(&api_version, &kind)
+        .ok_or_else(|| ProtoError::UnsupportedKind(format!("{kind} in {api_version:?}")))?;
+    let mut obj = message(raw.unwrap_or_default(), m)?;
     obj["kind"] = json!(kind);
-    obj["apiVersion"] = type_meta["apiVersion"].clone();
+    obj["apiVersion"] = json!(api_version);
     Ok(obj)
 }
 
@@ -355,9 +481,12 @@ mod tests {
         assert_eq!(decode(b"{}"), Err(ProtoError::NoMagic));
         let mut body = b"k8s\0".to_vec();
         let mut tm = Vec::new();
-        ld(2, b"Deployment", &mut tm);
+        ld(1, b"v1", &mut tm);
+        ld(2, b"Gizmo", &mut tm);
         ld(1, &tm, &mut body);
-        assert!(matches!(decode(&body), Err(ProtoError::UnsupportedKind(k)) if k == "Deployment"));
+        assert!(
+            matches!(decode(&body), Err(ProtoError::UnsupportedKind(k)) if k.starts_with("Gizmo"))
+        );
         let truncated = b"k8s\0\x0a\x10abc";
         assert!(matches!(decode(truncated), Err(ProtoError::Malformed(_))));
     }

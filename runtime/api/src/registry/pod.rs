@@ -34,7 +34,13 @@ pub fn default_pod_spec(spec: &mut Value) {
         }
     }
     for list in ["initContainers", "containers"] {
-        for c in spec[list].as_array_mut().into_iter().flatten() {
+        // get_mut, not IndexMut: a missing list must stay missing (IndexMut inserts null).
+        for c in spec
+            .get_mut(list)
+            .and_then(Value::as_array_mut)
+            .into_iter()
+            .flatten()
+        {
             if c["imagePullPolicy"].as_str().is_none_or(str::is_empty) {
                 let image = c["image"].as_str().unwrap_or("");
                 let last = image.rsplit('/').next().unwrap_or(image);
@@ -53,7 +59,12 @@ pub fn default_pod_spec(spec: &mut Value) {
             if !c["terminationMessagePolicy"].is_string() {
                 c["terminationMessagePolicy"] = json!("File");
             }
-            for p in c["ports"].as_array_mut().into_iter().flatten() {
+            for p in c
+                .get_mut("ports")
+                .and_then(Value::as_array_mut)
+                .into_iter()
+                .flatten()
+            {
                 if !p["protocol"].is_string() {
                     p["protocol"] = json!("TCP");
                 }

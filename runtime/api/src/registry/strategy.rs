@@ -175,7 +175,7 @@ impl Strategy for ServiceStrategy {
         if !spec["sessionAffinity"].is_string() {
             spec["sessionAffinity"] = json!("None");
         }
-        if let Some(ports) = spec["ports"].as_array_mut() {
+        if let Some(ports) = spec.get_mut("ports").and_then(Value::as_array_mut) {
             for p in ports {
                 if !p["protocol"].is_string() {
                     p["protocol"] = json!("TCP");
