@@ -77,13 +77,37 @@ fn main() {
     std::fs::write(&dest, out).unwrap_or_else(|e| panic!("writing {}: {e}", dest.display()));
 }
 
-/// The source directory of a package of the dependency graph, from `cargo metadata` (which
-/// knows vendored and patched sources too).
+/// The source directory of a package of the dependency graph: where cargo unpacked the
+/// version Cargo.lock pins, under `$CARGO_HOME/registry/src/`, or else where `cargo metadata`
+/// says it is (vendored or patched sources).
 fn package_dir(name: &str) -> PathBuf {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("manifest dir"));
+    let dir = registry_dir(&manifest, name).unwrap_or_else(|| metadata_dir(&manifest, name));
+    println!("cargo:rerun-if-changed={}", dir.display());
+    dir
+}
+
+fn registry_dir(manifest: &Path, name: &str) -> Option<PathBuf> {
+    let lock = manifest.ancestors().map(|d| d.join("Cargo.lock")).find(|p| p.exists())?;
+    let text = std::fs::read_to_string(lock).ok()?;
+    let marker = format!("name = \"{name}\"\nversion = \"");
+    let at = text.find(&marker)? + marker.len();
+    let version = &text[at..at + text[at..].find('"')?];
+    let home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))?;
+    let wanted = format!("{name}-{version}");
+    std::fs::read_dir(home.join("registry").join("src"))
+        .ok()?
+        .flatten()
+        .map(|index| index.path().join(&wanted))
+        .find(|d| d.join("Cargo.toml").exists())
+}
+
+fn metadata_dir(manifest: &Path, name: &str) -> PathBuf {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let out = std::process::Command::new(cargo)
-        .args(["metadata", "--format-version", "1", "--offline", "--locked"])
+        .args(["metadata", "--format-version", "1", "--locked"])
         // Only what this build resolves (others' platform crates are never downloaded).
         .arg("--filter-platform")
         .arg(std::env::var("TARGET").expect("TARGET"))
@@ -106,9 +130,7 @@ fn package_dir(name: &str) -> PathBuf {
         .and_then(|p| p["manifest_path"].as_str())
         .map(PathBuf::from)
         .unwrap_or_else(|| panic!("{name} is not in the dependency graph"));
-    let dir = manifest_path.parent().expect("package dir").to_path_buf();
-    println!("cargo:rerun-if-changed={}", dir.display());
-    dir
+    manifest_path.parent().expect("package dir").to_path_buf()
 }
 
 fn rust_files(dir: &Path) -> Vec<PathBuf> {
