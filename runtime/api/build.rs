@@ -88,7 +88,10 @@ fn package_dir(name: &str) -> PathBuf {
 }
 
 fn registry_dir(manifest: &Path, name: &str) -> Option<PathBuf> {
-    let lock = manifest.ancestors().map(|d| d.join("Cargo.lock")).find(|p| p.exists())?;
+    let lock = manifest
+        .ancestors()
+        .map(|d| d.join("Cargo.lock"))
+        .find(|p| p.exists())?;
     let text = std::fs::read_to_string(lock).ok()?;
     let marker = format!("name = \"{name}\"\nversion = \"");
     let at = text.find(&marker)? + marker.len();

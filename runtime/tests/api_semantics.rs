@@ -542,3 +542,162 @@ fn kubectl_generators_send_protobuf_for_every_kind() {
         .ok(&["delete", "pod", "one", "--grace-period=0"])
         .contains("deleted"));
 }
+
+/// Waits until `f` holds (20 s at most).
+fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !f() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn drain_evicts_within_the_disruption_budget() {
+    let s = Server::start();
+    // A node that takes pods, and two ready pods on it (no agent here: the test plays it).
+    s.ok_stdin(
+        &["apply", "-f", "-"],
+        "apiVersion: v1\nkind: Node\nmetadata: {name: n1, labels: {kubernetes.io/hostname: n1}}\nstatus:\n  allocatable: {cpu: '4', memory: 8Gi, pods: '110'}\n  capacity: {cpu: '4', memory: 8Gi, pods: '110'}\n  conditions: [{type: Ready, status: 'True'}]\n",
+    );
+    s.ok(&[
+        "create",
+        "deployment",
+        "web",
+        "--image=busybox",
+        "--replicas=2",
+    ]);
+    let pods = || {
+        s.ok(&[
+            "get",
+            "pods",
+            "-l",
+            "app=web",
+            "-o",
+            "jsonpath={range .items[*]}{.metadata.name} {.spec.nodeName}{\"\\n\"}{end}",
+        ])
+    };
+    eventually("two pods bound to n1", || {
+        pods().lines().filter(|l| l.ends_with(" n1")).count() == 2
+    });
+    for line in pods().lines() {
+        let name = line.split(' ').next().unwrap_or_default();
+        s.ok(&[
+            "patch",
+            "pod",
+            name,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            r#"{"status":{"phase":"Running","conditions":[{"type":"Ready","status":"True"}]}}"#,
+        ]);
+    }
+    s.ok(&[
+        "create",
+        "pdb",
+        "web",
+        "--selector=app=web",
+        "--min-available=2",
+    ]);
+    eventually("the budget's status", || {
+        s.ok(&[
+            "get",
+            "pdb",
+            "web",
+            "-o",
+            "jsonpath={.status.currentHealthy}/{.status.disruptionsAllowed}",
+        ]) == "2/0"
+    });
+    let refused = s.kubectl(&["drain", "n1", "--grace-period=0", "--timeout=3s"]);
+    assert!(!refused.status.success(), "the budget allows no eviction");
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        err.contains("Cannot evict pod as it would violate the pod's disruption budget"),
+        "{err}"
+    );
+    assert_eq!(pods().lines().count(), 2, "nothing was evicted");
+    assert!(s.ok(&["get", "node", "n1"]).contains("SchedulingDisabled"));
+
+    // One disruption allowed: drain evicts one pod, then waits on the budget again.
+    s.ok(&[
+        "patch",
+        "pdb",
+        "web",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"minAvailable":1}}"#,
+    ]);
+    eventually("one disruption allowed", || {
+        s.ok(&[
+            "get",
+            "pdb",
+            "web",
+            "-o",
+            "jsonpath={.status.disruptionsAllowed}",
+        ]) == "1"
+    });
+    let out = s.kubectl(&["drain", "n1", "--grace-period=0", "--timeout=3s"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("evicted"), "{text}");
+    s.ok(&["uncordon", "n1"]);
+}
+
+#[test]
+fn approved_client_csrs_are_signed_by_the_cluster_ca() {
+    let s = Server::start();
+    let dir = s.dir.path().to_path_buf();
+    let key = dir.join("jane.key");
+    let csr = dir.join("jane.csr");
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-new",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=jane/O=dev",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&csr)
+        .output()
+        .expect("openssl (make deps installs it)");
+    assert!(made.status.success(), "{made:?}");
+    use base64::Engine;
+    let request =
+        base64::engine::general_purpose::STANDARD.encode(std::fs::read(&csr).expect("csr"));
+    s.ok_stdin(
+        &["apply", "-f", "-"],
+        &format!(
+            "apiVersion: certificates.k8s.io/v1\nkind: CertificateSigningRequest\nmetadata: {{name: jane}}\nspec:\n  request: {request}\n  signerName: kubernetes.io/kube-apiserver-client\n  expirationSeconds: 86400\n  usages: [client auth]\n"
+        ),
+    );
+    assert!(s.ok(&["get", "csr", "jane"]).contains("Pending"));
+    s.ok(&["certificate", "approve", "jane"]);
+    let mut cert = String::new();
+    eventually("the certificate", || {
+        cert = s.ok(&["get", "csr", "jane", "-o", "jsonpath={.status.certificate}"]);
+        !cert.is_empty()
+    });
+    assert!(s.ok(&["get", "csr", "jane"]).contains("Approved,Issued"));
+    let pem = base64::engine::general_purpose::STANDARD
+        .decode(cert.trim())
+        .expect("base64 certificate");
+    let cert_file = dir.join("jane.crt");
+    std::fs::write(&cert_file, pem).expect("write cert");
+    let subject = std::process::Command::new("openssl")
+        .args(["x509", "-noout", "-subject", "-issuer", "-in"])
+        .arg(&cert_file)
+        .output()
+        .expect("openssl");
+    let text = String::from_utf8_lossy(&subject.stdout);
+    assert!(
+        text.contains("CN = jane") && text.contains("O = dev"),
+        "{text}"
+    );
+}

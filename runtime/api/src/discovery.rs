@@ -72,6 +72,7 @@ fn subresource_info(
         "log" => ("", "Pod", &["get"]),
         "exec" => ("", "PodExecOptions", &["create", "get"]),
         "finalize" => (r.group, r.kind, &["update"]),
+        "approval" => (r.group, r.kind, &["get", "patch", "update"]),
         "status" => (r.group, r.kind, &["get", "patch", "update"]),
         _ => (r.group, r.kind, &["get"]),
     }
@@ -88,14 +89,21 @@ fn resource_entries(r: &Resource) -> Vec<Value> {
         "categories": r.categories,
     })];
     for sub in r.subresources {
-        let (_, kind, verbs) = subresource_info(r, sub);
-        out.push(json!({
+        let (group, kind, verbs) = subresource_info(r, sub);
+        let mut entry = json!({
             "name": format!("{}/{sub}", r.plural),
             "singularName": "",
             "namespaced": r.namespaced,
             "kind": kind,
             "verbs": verbs,
-        }));
+        });
+        // A subresource of another group names it, as kube-apiserver does (kubectl drain
+        // looks for pods/eviction in policy/v1 this way).
+        if group != r.group {
+            entry["group"] = json!(group);
+            entry["version"] = json!("v1");
+        }
+        out.push(entry);
     }
     out
 }

@@ -88,6 +88,18 @@ async fn dispatch(store: &Arc<dyn Store>, req: Request<'_>) -> Result<Response, 
     if t.resource.namespaced && t.namespace.is_none() && t.name.is_some() {
         return Err(ApiError::not_found_path());
     }
+    if let (Some("eviction"), Some(name), Some(ns)) = (t.subresource, t.name, t.namespace) {
+        if t.resource.kind != "Pod" || !t.resource.group.is_empty() {
+            return Err(ApiError::not_found_path());
+        }
+        if req.method != Method::POST {
+            return Err(ApiError::method_not_allowed());
+        }
+        let body = parse_body(&req)?;
+        let dry_run = write_options(&req)?.dry_run;
+        let done = super::eviction::evict(&**store, ns, name, &body, dry_run).await?;
+        return Ok(json_response(StatusCode::CREATED, &done));
+    }
     if let (Some("scale"), Some(name)) = (t.subresource, t.name) {
         if !t.resource.subresources.contains(&"scale") {
             return Err(ApiError::not_found_path());

@@ -4,6 +4,7 @@ pub mod apply;
 pub mod crd;
 pub mod cron;
 pub mod discovery;
+pub mod eviction;
 pub mod fieldvalidation;
 pub mod handler;
 pub mod objects;

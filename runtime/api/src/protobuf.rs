@@ -71,6 +71,16 @@ fn message_for(api_version: &str, kind: &str) -> Option<&'static Message> {
         .iter()
         .find(|(g, v, k, _)| *g == group && *v == version && *k == kind)
         .and_then(|(_, _, _, m)| message_named(m))
+        // Kinds that are not resources of their own (policy/v1 Eviction, a subresource's
+        // body) live in their group's package.
+        .or_else(|| {
+            let package = if group.is_empty() {
+                "core"
+            } else {
+                group.split('.').next().unwrap_or(group)
+            };
+            message_named(&format!("api.{package}.{version}.{kind}"))
+        })
         .or_else(|| message_named(&format!("apimachinery.pkg.apis.meta.v1.{kind}")))
 }
 

@@ -20,6 +20,7 @@
 pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
+pub mod disruption;
 pub mod endpoints;
 pub mod eventttl;
 pub mod gc;
@@ -27,6 +28,7 @@ pub mod job;
 pub mod namespace;
 pub mod nodeipam;
 pub mod nodelifecycle;
+pub mod rbacaggregation;
 pub mod replicaset;
 pub mod scheduler;
 pub mod service;
@@ -125,6 +127,8 @@ pub fn spawn_all(store: Arc<dyn Store>, event_ttl: Option<Duration>) -> Vec<Join
             store.clone(),
             opts,
         ),
+        spawn(disruption::DisruptionController, store.clone(), opts),
+        spawn(rbacaggregation::ClusterRoleAggregation, store.clone(), opts),
         spawn(scheduler::Scheduler, store.clone(), opts),
     ];
     if let Some(ttl) = event_ttl {

@@ -1,6 +1,7 @@
 //! `cairn server`: the API over HTTPS on the SQLite store.
 
 pub mod auth;
+pub mod csrsigning;
 pub mod front;
 pub mod health;
 pub mod join;
@@ -295,6 +296,12 @@ pub async fn run(opts: ServerOptions) -> Result<()> {
     let node_token =
         tokens::load_or_create_server_token(&opts.data_dir, opts.token.as_deref(), &pki.ca_hash())?;
     let pki = Arc::new(pki);
+    // The signer needs the CA, so it runs here rather than with the other controllers.
+    let _signer = cairn_controllers::spawn(
+        csrsigning::CsrSigner { pki: pki.clone() },
+        store.clone(),
+        cairn_controllers::LoopOptions::default(),
+    );
     let tunnels = tunnel::Tunnels::default();
     let api = Arc::new(front::Front {
         api: Api {

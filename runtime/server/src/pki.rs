@@ -47,32 +47,42 @@ impl Pki {
         csr_pem: &str,
         node_name: &str,
     ) -> Result<String, PkiError> {
+        let subject = dn(&format!("system:node:{node_name}"), Some("system:nodes"));
+        self.sign_client_certificate(csr_pem, Some(subject), 365 * 86_400)
+    }
+
+    /// Signs a client certificate for the CSR's key, naming `subject` (the CSR's own subject
+    /// when `None`), valid for about `valid_secs` (whole days, at least one).
+    pub fn sign_client_certificate(
+        &self,
+        csr_pem: &str,
+        subject: Option<DistinguishedName>,
+        valid_secs: i64,
+    ) -> Result<String, PkiError> {
         let ca_key = KeyPair::from_pem(&self.ca_key_pem)?;
         let issuer =
             CertificateParams::from_ca_cert_pem(&self.ca_cert_pem)?.self_signed(&ca_key)?;
         let mut csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem)?;
         let mut params = CertificateParams::default();
-        params.distinguished_name = dn(&format!("system:node:{node_name}"), Some("system:nodes"));
+        params.distinguished_name =
+            subject.unwrap_or_else(|| csr.params.distinguished_name.clone());
         params.key_usages = vec![
             KeyUsagePurpose::DigitalSignature,
             KeyUsagePurpose::KeyEncipherment,
         ];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        let (y, m, d) = today();
-        params.not_before = rcgen::date_time_ymd(y, m, d);
-        // Feb 29 has no twin next year; the 28th is close enough for a yearly certificate.
-        params.not_after = rcgen::date_time_ymd(y + 1, m, d.min(28));
+        let now = cairn_wire::time::now_secs();
+        let date = |secs: i64| {
+            let (y, m, d) = cairn_wire::time::civil_from_days(secs.div_euclid(86_400));
+            // Feb 29 has no twin in most years; the 28th is close enough.
+            rcgen::date_time_ymd(y as i32, m as u8, (d as u8).min(28))
+        };
+        params.not_before = date(now);
+        params.not_after = date(now + valid_secs.max(86_400));
         params.serial_number = Some(random_serial()?);
         csr.params = params;
         Ok(csr.signed_by(&issuer, &ca_key)?.pem())
     }
-}
-
-/// Today's UTC date.
-fn today() -> (i32, u8, u8) {
-    let days = cairn_wire::time::now_secs().div_euclid(86_400);
-    let (y, m, d) = cairn_wire::time::civil_from_days(days);
-    (y as i32, m as u8, d as u8)
 }
 
 /// A random positive serial number, so no two node certificates share one.

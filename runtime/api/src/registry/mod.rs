@@ -91,6 +91,8 @@ pub enum Part {
     Status,
     /// `namespaces/{name}/finalize`: only `spec.finalizers` changes.
     Finalize,
+    /// `certificatesigningrequests/{name}/approval`: only `status.conditions` changes.
+    Approval,
     /// Spec and status at once: only for in-process writers that own both (a controller that
     /// keeps an object's status with its spec), never reachable over HTTP.
     Whole,
@@ -103,6 +105,7 @@ impl Part {
             None => Ok(Part::Main),
             Some("status") => Ok(Part::Status),
             Some("finalize") if r.kind == "Namespace" && r.group.is_empty() => Ok(Part::Finalize),
+            Some("approval") if r.kind == "CertificateSigningRequest" => Ok(Part::Approval),
             Some(other) => Err(ApiError::bad_request(format!(
                 "the subresource {other:?} cannot be updated here"
             ))),
@@ -113,6 +116,7 @@ impl Part {
         match self {
             Part::Status => Some("status"),
             Part::Finalize => Some("finalize"),
+            Part::Approval => Some("approval"),
             Part::Main | Part::Whole => None,
         }
     }
@@ -242,6 +246,11 @@ pub async fn update(
             let finalizers = new["spec"]["finalizers"].clone();
             new = old.clone();
             new["spec"]["finalizers"] = finalizers;
+        }
+        Part::Approval => {
+            let conditions = new["status"]["conditions"].clone();
+            new = old.clone();
+            new["status"]["conditions"] = conditions;
         }
         Part::Main => {
             if r.subresources.contains(&"status") {
