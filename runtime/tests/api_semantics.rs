@@ -701,3 +701,41 @@ fn approved_client_csrs_are_signed_by_the_cluster_ca() {
         "{text}"
     );
 }
+
+#[test]
+fn metrics_count_requests_and_open_watches() {
+    let s = Server::start();
+    s.ok(&["get", "ns"]);
+    let mut watch = s
+        .kubectl_cmd(&["get", "cm", "-w"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("kubectl get -w");
+    let gauge = |s: &Server| {
+        s.ok(&["get", "--raw", "/metrics"])
+            .lines()
+            .find(|l| l.starts_with("apiserver_longrunning_requests{"))
+            .map(|l| l.rsplit(' ').next().unwrap_or("").to_string())
+            .unwrap_or_default()
+    };
+    eventually("the watch counted", || gauge(&s) == "1");
+    let text = s.ok(&["get", "--raw", "/metrics"]);
+    assert!(
+        text.contains(
+            r#"apiserver_request_total{verb="LIST",group="",resource="namespaces",code="200"}"#
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("apiserver_request_duration_seconds_bucket"),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"apiserver_storage_objects{resource="namespaces"} 4"#),
+        "{text}"
+    );
+    // A client that goes away releases its watch at once.
+    let _ = watch.kill();
+    let _ = watch.wait();
+    eventually("the watch released", || gauge(&s) == "0");
+}

@@ -259,6 +259,9 @@ async fn list(store: &Arc<dyn Store>, req: &Request<'_>) -> Result<Response, Api
     Ok(json_response(StatusCode::OK, &list))
 }
 
+/// How many objects a watch lists at a time for its initial ADDED events.
+const WATCH_PAGE: usize = 500;
+
 fn watch_event(kind: &str, obj: &Value) -> bytes::Bytes {
     let mut line = serde_json::to_vec(&json!({"type": kind, "object": obj})).unwrap_or_default();
     line.push(b'\n');
@@ -291,27 +294,22 @@ async fn watch(store: &Arc<dyn Store>, req: &Request<'_>) -> Result<Response, Ap
         .transpose()?;
 
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(64);
-    // Without a resourceVersion the watch starts with the current objects as ADDED events.
-    let mut initial = Vec::new();
+    // Without a resourceVersion the watch starts with the current objects as ADDED events,
+    // listed page by page as the client takes them (never the whole backlog in memory).
+    let mut first_page = None;
     let after = match rv {
         Some(rv) => rv,
         None => {
             let listed = store
-                .list(&prefix, None, 0, None)
+                .list(&prefix, None, WATCH_PAGE, None)
                 .await
                 .map_err(|e| store_error(e, r, ""))?;
-            for rec in &listed.records {
-                let obj = decode_for(r, rec)?;
-                if filters.matches(&obj) {
-                    initial.push(watch_event(
-                        "ADDED",
-                        &super::table::watch_object(r, as_table, &obj),
-                    ));
-                }
-            }
-            listed.revision
+            let revision = listed.revision;
+            first_page = Some(listed);
+            revision
         }
     };
+    let mut initial = Vec::new();
     let events = match store.watch(&prefix, after).await {
         Ok(rx) => Some(rx),
         Err(StoreError::Compacted { .. }) => {
@@ -321,12 +319,42 @@ async fn watch(store: &Arc<dyn Store>, req: &Request<'_>) -> Result<Response, Ap
         }
         Err(e) => return Err(store_error(e, r, "")),
     };
+    let lister = store.clone();
     let kind = r.kind;
     let api_version = r.api_version();
     tokio::spawn(async move {
+        let _open = super::metrics::metrics().watch_opened();
         for line in initial {
             if tx.send(Ok(line)).await.is_err() {
                 return;
+            }
+        }
+        let mut page = first_page;
+        while let Some(listed) = page.take() {
+            for rec in &listed.records {
+                let Ok(obj) = decode_for(r, rec) else {
+                    continue;
+                };
+                if filters.matches(&obj) {
+                    let line = watch_event("ADDED", &super::table::watch_object(r, as_table, &obj));
+                    if tx.send(Ok(line)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            if listed.more {
+                let last = listed.records.last().map(|rec| rec.key.clone());
+                match lister
+                    .list(&prefix, last.as_deref(), WATCH_PAGE, Some(after))
+                    .await
+                {
+                    Ok(next) => page = Some(next),
+                    Err(e) => {
+                        let status = store_error(e, r, "").to_status();
+                        let _ = tx.send(Ok(watch_event("ERROR", &status))).await;
+                        return;
+                    }
+                }
             }
         }
         let Some(mut events) = events else { return };
@@ -338,6 +366,8 @@ async fn watch(store: &Arc<dyn Store>, req: &Request<'_>) -> Result<Response, Ap
         loop {
             tokio::select! {
                 _ = &mut deadline => return,
+                // The client went away: release the watch at once, not at its timeout.
+                _ = tx.closed() => return,
                 _ = tick.tick(), if bookmarks => {
                     let bm = json!({"kind": kind, "apiVersion": api_version, "metadata": {"resourceVersion": last_rv.to_string()}});
                     if tx.send(Ok(watch_event("BOOKMARK", &bm))).await.is_err() { return; }

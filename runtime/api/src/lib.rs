@@ -7,6 +7,7 @@ pub mod discovery;
 pub mod eviction;
 pub mod fieldvalidation;
 pub mod handler;
+pub mod metrics;
 pub mod objects;
 pub mod openapi;
 pub mod patch;
@@ -111,6 +112,15 @@ impl Api {
                 .into_response();
         }
         match segments.as_slice() {
+            ["metrics"] => (
+                StatusCode::OK,
+                [(
+                    header::CONTENT_TYPE,
+                    "text/plain; version=0.0.4; charset=utf-8",
+                )],
+                metrics::metrics().render(&*self.store).await,
+            )
+                .into_response(),
             ["api"] => json_ok(discovery::api_versions()),
             ["apis"] => json_ok(discovery::api_group_list()),
             ["api", v] => discovery::api_resource_list("", v)
@@ -198,14 +208,25 @@ impl Api {
                 Err(e) => return e.into_response(),
             }
         };
-        handler::handle(
+        let name = rest.get(1).copied();
+        let verb = match (&method, name) {
+            (&Method::GET, None) if query.get("watch").is_some_and(|w| w == "true" || w == "1") => {
+                "WATCH"
+            }
+            (&Method::GET, None) => "LIST",
+            (&Method::DELETE, None) => "DELETECOLLECTION",
+            (m, _) => m.as_str(),
+        };
+        let verb = verb.to_string();
+        let started = std::time::Instant::now();
+        let response = handler::handle(
             &self.store,
             handler::Request {
                 method,
                 target: handler::Target {
                     resource,
                     namespace,
-                    name: rest.get(1).copied(),
+                    name,
                     subresource: rest.get(2).copied(),
                 },
                 query,
@@ -214,7 +235,15 @@ impl Api {
                 body,
             },
         )
-        .await
+        .await;
+        metrics::metrics().observe(
+            &verb,
+            resource.group,
+            resource.plural,
+            response.status().as_u16(),
+            started.elapsed().as_secs_f64(),
+        );
+        response
     }
 }
 
