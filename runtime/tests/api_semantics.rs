@@ -739,3 +739,88 @@ fn metrics_count_requests_and_open_watches() {
     let _ = watch.wait();
     eventually("the watch released", || gauge(&s) == "0");
 }
+
+#[test]
+fn everyday_kubectl_verbs() {
+    let s = Server::start();
+    s.ok(&["create", "deployment", "web", "--image=busybox"]);
+    // diff shows what apply would change, and exits 1 when it would change something.
+    let file = s.dir.path().join("cm.yaml");
+    std::fs::write(
+        &file,
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: k}\ndata: {a: '2'}\n",
+    )
+    .expect("manifest");
+    let diff = s.kubectl(&["diff", "-f", file.to_str().expect("path")]);
+    assert_eq!(diff.status.code(), Some(1), "{diff:?}");
+    assert!(String::from_utf8_lossy(&diff.stdout).contains("+  a: \"2\""));
+    assert!(
+        s.kubectl(&["get", "cm", "k"]).status.code() != Some(0),
+        "diff created nothing"
+    );
+    // A kustomization, then wait on what it made.
+    let kust = s.dir.path().join("kust");
+    std::fs::create_dir_all(&kust).expect("dir");
+    std::fs::copy(&file, kust.join("cm.yaml")).expect("copy");
+    std::fs::write(
+        kust.join("kustomization.yaml"),
+        "resources: [cm.yaml]\nnamePrefix: dev-\nlabels: [{pairs: {env: dev}}]\n",
+    )
+    .expect("kustomization");
+    assert!(s
+        .ok(&["apply", "-k", kust.to_str().expect("path")])
+        .contains("configmap/dev-k created"));
+    s.ok(&[
+        "wait",
+        "--for=jsonpath={.data.a}=2",
+        "cm/dev-k",
+        "--timeout=10s",
+    ]);
+    assert_eq!(
+        s.ok(&["get", "cm", "-l", "env=dev", "-o", "name"]).trim(),
+        "configmap/dev-k"
+    );
+    // edit through an editor, taint, rollout restart.
+    let edited = s
+        .kubectl_cmd(&["edit", "deploy", "web"])
+        .env("EDITOR", "sed -i s#image:\\ busybox#image:\\ busybox:1.35#")
+        .output()
+        .expect("kubectl edit");
+    assert!(edited.status.success(), "{edited:?}");
+    assert_eq!(
+        s.ok(&[
+            "get",
+            "deploy",
+            "web",
+            "-o",
+            "jsonpath={.spec.template.spec.containers[0].image}"
+        ]),
+        "busybox:1.35"
+    );
+    s.ok_stdin(
+        &["apply", "-f", "-"],
+        "apiVersion: v1\nkind: Node\nmetadata: {name: n1}\n",
+    );
+    s.ok(&["taint", "node", "n1", "dedicated=gpu:NoSchedule"]);
+    assert_eq!(
+        s.ok(&[
+            "get",
+            "node",
+            "n1",
+            "-o",
+            "jsonpath={.spec.taints[0].key}={.spec.taints[0].value}:{.spec.taints[0].effect}"
+        ]),
+        "dedicated=gpu:NoSchedule"
+    );
+    s.ok(&["taint", "node", "n1", "dedicated-"]);
+    s.ok(&["rollout", "restart", "deploy/web"]);
+    assert!(s
+        .ok(&[
+            "get",
+            "deploy",
+            "web",
+            "-o",
+            "jsonpath={.spec.template.metadata.annotations}"
+        ])
+        .contains("kubectl.kubernetes.io/restartedAt"));
+}
