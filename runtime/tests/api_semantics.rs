@@ -8,16 +8,7 @@ use common::Server;
 
 const KINDS: &str = include_str!("manifests/kinds.yaml");
 
-/// The store revision, as a list reports it.
-fn revision(s: &Server) -> String {
-    let list: serde_json::Value =
-        serde_json::from_str(&s.ok(&["get", "--raw", "/api/v1/namespaces/default/configmaps"]))
-            .expect("list json");
-    list["metadata"]["resourceVersion"]
-        .as_str()
-        .expect("resourceVersion")
-        .to_string()
-}
+use common::store_revision as revision;
 
 /// Runs kubectl with `input`, expecting it to fail; its stderr.
 fn refused(s: &Server, args: &[&str], input: &str) -> String {

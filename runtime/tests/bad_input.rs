@@ -3,16 +3,7 @@
 mod common;
 use common::Server;
 
-/// The store revision, as a list reports it.
-fn revision(s: &Server) -> String {
-    let list: serde_json::Value =
-        serde_json::from_str(&s.ok(&["get", "--raw", "/api/v1/namespaces/default/configmaps"]))
-            .expect("list json");
-    list["metadata"]["resourceVersion"]
-        .as_str()
-        .expect("resourceVersion")
-        .to_string()
-}
+use common::store_revision as revision;
 
 /// POSTs `body` raw to `path`; returns kubectl's stderr (it must fail).
 fn post_raw(s: &Server, path: &str, body: &[u8]) -> String {

@@ -183,6 +183,18 @@ impl Drop for Server {
     }
 }
 
+/// The store revision, as a list of ConfigMaps in `default` reports it: it moves on every
+/// write, so an unchanged revision proves a request changed nothing.
+pub fn store_revision(s: &Server) -> String {
+    let list: serde_json::Value =
+        serde_json::from_str(&s.ok(&["get", "--raw", "/api/v1/namespaces/default/configmaps"]))
+            .expect("list json");
+    list["metadata"]["resourceVersion"]
+        .as_str()
+        .expect("resourceVersion")
+        .to_string()
+}
+
 /// The repository's Python with the `kubernetes` package (made by `make deps`).
 pub fn python() -> PathBuf {
     let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python");

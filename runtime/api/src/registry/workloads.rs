@@ -88,9 +88,19 @@ fn validate_apps(obj: &Value, replicas: bool) -> Vec<Cause> {
         "spec.revisionHistoryLimit",
         &mut causes,
     );
-    let spec = &obj["spec"];
+    causes.extend(selector_and_template(
+        &obj["spec"],
+        &obj["spec"]["selector"],
+    ));
+    causes
+}
+
+/// A selector that must select the template's labels, and a template whose pods always
+/// restart (what every replicating workload has).
+fn selector_and_template(spec: &Value, selector: &Value) -> Vec<Cause> {
+    let mut causes = Vec::new();
     selector_matches_template(
-        &spec["selector"],
+        selector,
         &spec["template"],
         "spec.selector",
         "spec.template",
@@ -152,13 +162,17 @@ impl Strategy for DeploymentStrategy {
     }
 }
 
-pub struct ReplicaSetStrategy;
-impl Strategy for ReplicaSetStrategy {
+/// ReplicaSets (`replicas: true`) and DaemonSets: an apps/v1 selector and template, the
+/// selector fixed once made.
+pub struct AppsStrategy {
+    pub replicas: bool,
+}
+impl Strategy for AppsStrategy {
     fn resets_status_on_create(&self) -> bool {
         true
     }
     fn validate(&self, obj: &Value) -> Vec<Cause> {
-        validate_apps(obj, true)
+        validate_apps(obj, self.replicas)
     }
     fn validate_update(&self, new: &Value, old: &Value) -> Vec<Cause> {
         let mut causes = self.validate(new);
@@ -187,43 +201,11 @@ impl Strategy for ReplicationControllerStrategy {
         let mut causes = Vec::new();
         non_negative(obj, "/spec/replicas", "spec.replicas", &mut causes);
         let spec = &obj["spec"];
-        let selector = json!({"matchLabels": spec["selector"]});
         if spec["selector"].as_object().is_none_or(|m| m.is_empty()) {
             causes.push(required("spec.selector", ""));
-        } else {
-            selector_matches_template(
-                &selector,
-                &spec["template"],
-                "spec.selector",
-                "spec.template",
-                &mut causes,
-            );
         }
-        causes.extend(validate_pod_spec(
-            &spec["template"]["spec"],
-            "spec.template.spec",
-        ));
-        restart_policy_in(
-            &spec["template"]["spec"],
-            "spec.template.spec",
-            &["Always"],
-            &mut causes,
-        );
-        causes
-    }
-}
-
-pub struct DaemonSetStrategy;
-impl Strategy for DaemonSetStrategy {
-    fn resets_status_on_create(&self) -> bool {
-        true
-    }
-    fn validate(&self, obj: &Value) -> Vec<Cause> {
-        validate_apps(obj, false)
-    }
-    fn validate_update(&self, new: &Value, old: &Value) -> Vec<Cause> {
-        let mut causes = self.validate(new);
-        selector_immutable(new, old, &mut causes);
+        let selector = json!({"matchLabels": spec["selector"]});
+        causes.extend(selector_and_template(spec, &selector));
         causes
     }
 }
