@@ -815,3 +815,24 @@ fn everyday_kubectl_verbs() {
         ])
         .contains("kubectl.kubernetes.io/restartedAt"));
 }
+
+#[test]
+fn pods_are_bound_through_the_binding_subresource() {
+    let s = Server::start();
+    s.ok(&["run", "b", "--image=busybox", "--", "sleep", "1"]);
+    let file = s.dir.path().join("binding.json");
+    std::fs::write(
+        &file,
+        r#"{"apiVersion":"v1","kind":"Binding","metadata":{"name":"b"},"target":{"kind":"Node","name":"n9"}}"#,
+    )
+    .expect("binding");
+    let path = "/api/v1/namespaces/default/pods/b/binding";
+    s.ok(&["create", "--raw", path, "-f", file.to_str().expect("path")]);
+    assert_eq!(
+        s.ok(&["get", "pod", "b", "-o", "jsonpath={.spec.nodeName}"]),
+        "n9"
+    );
+    let again = s.kubectl(&["create", "--raw", path, "-f", file.to_str().expect("path")]);
+    assert!(!again.status.success(), "a bound pod is not bound again");
+    assert!(String::from_utf8_lossy(&again.stderr).contains("Conflict"));
+}

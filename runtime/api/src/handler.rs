@@ -100,6 +100,12 @@ async fn dispatch(store: &Arc<dyn Store>, req: Request<'_>) -> Result<Response, 
         let done = super::eviction::evict(&**store, ns, name, &body, dry_run).await?;
         return Ok(json_response(StatusCode::CREATED, &done));
     }
+    if let (Some("binding"), Some(name)) = (t.subresource, t.name) {
+        if t.resource.kind != "Pod" || !t.resource.group.is_empty() || req.method != Method::POST {
+            return Err(ApiError::method_not_allowed());
+        }
+        return bind(store, &req, name).await;
+    }
     if let (Some("scale"), Some(name)) = (t.subresource, t.name) {
         if !t.resource.subresources.contains(&"scale") {
             return Err(ApiError::not_found_path());
@@ -541,6 +547,48 @@ async fn write_update(
     Ok(with_warnings(
         json_response(StatusCode::OK, &written),
         &checked.warnings,
+    ))
+}
+
+/// `POST pods/{name}/binding`: assigns an unscheduled pod to the Binding's target node, as a
+/// scheduler does; a pod already bound is a conflict.
+async fn bind(store: &Arc<dyn Store>, req: &Request<'_>, name: &str) -> Result<Response, ApiError> {
+    let r = req.target.resource;
+    let binding = parse_body(req)?;
+    let node = binding["target"]["name"].as_str().unwrap_or("");
+    if node.is_empty() {
+        return Err(ApiError::invalid(
+            "Binding",
+            "",
+            name,
+            vec![("target.name".into(), "Required value".into())],
+        ));
+    }
+    let (old, rev) = current(store, &req.target, name)
+        .await?
+        .ok_or_else(|| ApiError::not_found(r.plural, r.group, name))?;
+    if old["spec"]["nodeName"]
+        .as_str()
+        .is_some_and(|n| !n.is_empty())
+    {
+        return Err(ApiError::conflict(r.plural, r.group, name));
+    }
+    let mut bound = old.clone();
+    bound["spec"]["nodeName"] = json!(node);
+    registry::update(
+        &**store,
+        r,
+        &old,
+        rev,
+        bound,
+        registry::Part::Whole,
+        &write_options(req)?,
+    )
+    .await
+    .map_err(|e| e.into_api(r, name))?;
+    Ok(json_response(
+        StatusCode::CREATED,
+        &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
     ))
 }
 

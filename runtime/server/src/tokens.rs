@@ -141,14 +141,16 @@ impl SecretBackend for StoreSecrets {
     }
 
     async fn delete_secret(&self, namespace: &str, name: &str) -> Result<bool, TokenError> {
-        match self
-            .0
-            .delete(&secrets()?.key(Some(namespace), name), None)
+        let r = secrets()?;
+        let found = cairn_controllers::util::get(&*self.0, &r.key(Some(namespace), name))
             .await
-        {
-            Ok(_) => Ok(true),
-            Err(StoreError::NotFound) => Ok(false),
-            Err(e) => Err(e.into()),
+            .map_err(anyhow_to_token)?;
+        match found {
+            Some(secret) => cairn_controllers::util::delete(&*self.0, r, &secret)
+                .await
+                .map(|_| true)
+                .map_err(anyhow_to_token),
+            None => Ok(false),
         }
     }
 }

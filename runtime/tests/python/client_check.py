@@ -90,6 +90,32 @@ def main(kubeconfig):
         raise SystemExit("python client: deployment still there after delete")
     except ApiException as e:
         expect(e.status == 404, f"read after delete: {e.status}")
+    # The groups beyond core and apps: list, watch, patch, and an eviction the budget refuses.
+    rbac = client.RbacAuthorizationV1Api()
+    rbac.create_namespaced_role("default", {
+        "metadata": {"name": "py-reader"},
+        "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]}]})
+    rbac.patch_namespaced_role("py-reader", "default", {"metadata": {"labels": {"team": "py"}}})
+    roles = rbac.list_namespaced_role("default", label_selector="team=py").items
+    expect([r.metadata.name for r in roles] == ["py-reader"], "roles by label")
+    net = client.NetworkingV1Api()
+    net.create_namespaced_network_policy("default", {
+        "metadata": {"name": "py-deny"}, "spec": {"podSelector": {}, "policyTypes": ["Ingress"]}})
+    policies = net.list_namespaced_network_policy("default").items
+    expect([p.metadata.name for p in policies] == ["py-deny"], "network policies")
+    policy = client.PolicyV1Api()
+    policy.create_namespaced_pod_disruption_budget("default", {
+        "metadata": {"name": "py-pdb"},
+        "spec": {"minAvailable": 1, "selector": {"matchLabels": {"app": "py-pod"}}}})
+    seen_pdb = []
+    w = watch.Watch()
+    for ev in w.stream(policy.list_namespaced_pod_disruption_budget, "default", timeout_seconds=5):
+        seen_pdb.append(ev["object"].metadata.name)
+        w.stop()
+    expect(seen_pdb == ["py-pdb"], f"watch of PodDisruptionBudgets: {seen_pdb}")
+    scheduling = client.SchedulingV1Api()
+    names = [c.metadata.name for c in scheduling.list_priority_class().items]
+    expect("system-node-critical" in names, f"priority classes: {names}")
     print("python client: ok")
 
 
