@@ -5,7 +5,7 @@ use crate::bootfiles::{self, SlotBoot};
 use crate::manifest::{Artifact, Manifest};
 use crate::progress::Step;
 use crate::rootfs::Binaries;
-use crate::{bmap, disk, fat, initramfs, packages, rootfs, squashfs, tool};
+use crate::{bmap, disk, fat, initramfs, packages, rootfs, space, squashfs, tool};
 use anyhow::{bail, Context, Result};
 use cairn_update::keys::{PublicKey, SigningKey};
 use cairn_update::Slot;
@@ -62,6 +62,7 @@ pub fn build(opts: &BuildOptions) -> Result<BuildOutput> {
 
     let out_dir = opts.out.join(name);
     let work = out_dir.join(".work");
+    space::ensure(&opts.out, space::BUILD_NEEDS)?;
     std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
     let cache = opts
         .cache

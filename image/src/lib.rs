@@ -15,5 +15,6 @@ pub mod oci;
 pub mod packages;
 pub mod progress;
 pub mod rootfs;
+pub mod space;
 pub mod squashfs;
 pub mod tool;

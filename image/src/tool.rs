@@ -33,13 +33,25 @@ pub fn run(cmd: &mut Command, doing: &str) -> Result<Vec<u8>> {
     Ok(out.stdout)
 }
 
-/// The first line that reads like an error, else the last line.
+/// The line that best names the cause: running out of disk space wherever it is said, else
+/// the first line that reads like an error (a tool's own `error:` or one it quotes from a
+/// helper, as dpkg-deb does from tar), else the last line.
 fn telling_line(stderr: &str) -> &str {
     let lines = || stderr.lines().map(str::trim).filter(|l| !l.is_empty());
+    let lower = |l: &str| l.to_ascii_lowercase();
     lines()
-        .find(|l| {
-            let lower = l.to_ascii_lowercase();
-            lower.starts_with("error") || l.starts_with("E:") || lower.starts_with("fatal")
+        .find(|l| lower(l).contains("no space left on device"))
+        .or_else(|| {
+            lines().find(|l| {
+                let lower = lower(l);
+                lower.starts_with("error") || l.starts_with("E:") || lower.starts_with("fatal")
+            })
+        })
+        .or_else(|| {
+            lines().find(|l| {
+                let lower = lower(l);
+                lower.contains(": cannot ") || lower.contains(": error:")
+            })
         })
         .or_else(|| lines().next_back())
         .unwrap_or("no error output")
@@ -57,6 +69,20 @@ mod tests {
             "error[E0425]: b"
         );
         assert_eq!(telling_line("one\ntwo\n\n"), "two");
+        // dpkg-deb quotes tar, whose first complaint is the cause.
+        assert_eq!(
+            telling_line(
+                "tar: ./boot/vmlinuz: Cannot write: Input/output error\n\
+                 dpkg-deb: error: tar subprocess returned error exit status 2\n"
+            ),
+            "tar: ./boot/vmlinuz: Cannot write: Input/output error"
+        );
+        assert_eq!(
+            telling_line(
+                "I: x\nerror: write failed\ntar: ./a: Wrote only 512 of 10240 bytes: No space left on device\n"
+            ),
+            "tar: ./a: Wrote only 512 of 10240 bytes: No space left on device"
+        );
         assert_eq!(telling_line(""), "no error output");
     }
 
