@@ -1,4 +1,5 @@
-//! Generates the protobuf message table the request decoder (`src/protobuf.rs`) walks.
+//! Generates the protobuf message table the request decoder (`src/protobuf.rs`) walks, and
+//! the OpenAPI definitions `src/openapi/` serves (`build/openapi.rs`).
 //!
 //! The Kubernetes protobuf definitions come from the k8s-pb crate (prost code generated from
 //! the upstream `generated.proto` files): every message with its field numbers and types, and
@@ -11,16 +12,21 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
+#[path = "build/openapi.rs"]
+mod openapi;
+
 /// The k8s-openapi API version whose JSON names are used (the one the runtime enables).
 const OPENAPI_VERSION_DIR: &str = "v1_32";
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
+    println!("cargo:rerun-if-changed=build/openapi.rs");
     let pb = package_dir("k8s-pb");
     let openapi = package_dir("k8s-openapi");
     let json_names = openapi_json_names(&openapi.join("src").join(OPENAPI_VERSION_DIR));
     let mut messages = BTreeMap::new();
     let mut kinds = Vec::new();
+    let mut markers: HashMap<String, openapi::FieldMarkers> = HashMap::new();
     let src = pb.join("src");
     for file in rust_files(&src) {
         let module = module_of(&src, &file);
@@ -33,6 +39,14 @@ fn main() {
                 syn::Item::Struct(s) if is_message(s) => {
                     let name = format!("{module}.{}", s.ident);
                     let fields = message_fields(s, &module, &json_names);
+                    let marked: openapi::FieldMarkers = fields
+                        .iter()
+                        .filter(|f| !f.markers.is_empty())
+                        .map(|f| (f.json.clone(), f.markers.clone()))
+                        .collect();
+                    if !marked.is_empty() {
+                        markers.insert(name.to_lowercase(), marked);
+                    }
                     messages.insert(name, fields);
                 }
                 syn::Item::Impl(i) => {
@@ -73,8 +87,10 @@ fn main() {
         writeln!(out, "    ({group:?}, {version:?}, {kind:?}, {message:?}),").unwrap();
     }
     out.push_str("];\n");
-    let dest = PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR")).join("k8s_protobuf.rs");
+    let out_dir = PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR"));
+    let dest = out_dir.join("k8s_protobuf.rs");
     std::fs::write(&dest, out).unwrap_or_else(|e| panic!("writing {}: {e}", dest.display()));
+    openapi::write(&out_dir, &markers);
 }
 
 /// The source directory of a package of the dependency graph: where cargo unpacked the
@@ -189,6 +205,8 @@ struct GenField {
     ty: String,
     repeated: bool,
     inline: bool,
+    /// Merge markers of its doc comment (`+patchMergeKey=name`, ...).
+    markers: Vec<(String, String)>,
 }
 
 /// The Rust field name without raw-identifier or keyword-avoiding decoration.
@@ -352,6 +370,7 @@ fn message_fields(
             ty,
             repeated,
             inline,
+            markers: openapi::field_markers(&f.attrs),
         });
     }
     out.sort_by_key(|f| f.number);

@@ -836,3 +836,141 @@ fn pods_are_bound_through_the_binding_subresource() {
     assert!(!again.status.success(), "a bound pod is not bound again");
     assert!(String::from_utf8_lossy(&again.stderr).contains("Conflict"));
 }
+
+/// The kubectl binaries the dispatcher behind `/usr/bin/kubectl` carries, beside it.
+fn kubectl_versions() -> Vec<std::path::PathBuf> {
+    let real = std::fs::canonicalize(which("kubectl")).expect("kubectl resolves");
+    let dir = real.parent().expect("kubectl's directory");
+    let mut found: Vec<std::path::PathBuf> = std::fs::read_dir(dir)
+        .expect("kubectl's directory")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("kubectl.1."))
+        })
+        .collect();
+    found.sort();
+    found
+}
+
+fn which(tool: &str) -> std::path::PathBuf {
+    std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|d| d.join(tool))
+        .find(|p| p.exists())
+        .unwrap_or_else(|| panic!("{tool} is not on PATH: run 'make deps'"))
+}
+
+#[test]
+fn openapi_serves_the_real_schemas_to_kubectl() {
+    let s = Server::start();
+    // v3: nested fields with their descriptions, required marks and list types.
+    let out = s.ok(&["explain", "deployment.spec.template.spec.containers"]);
+    assert!(out.contains("FIELD: containers <[]Container>"), "{out}");
+    assert!(
+        out.contains("List of containers belonging to the pod"),
+        "{out}"
+    );
+    assert!(out.contains("name\t<string> -required-"), "{out}");
+    let out = s.ok(&["explain", "pods", "--recursive"]);
+    assert!(out.contains("metadata\t<ObjectMeta>\n"), "{out}");
+    // v2 in protobuf, as kubectl asks for it.
+    let out = s.ok(&[
+        "explain",
+        "--output=plaintext-openapiv2",
+        "deployment.spec.template.spec.containers.ports",
+    ]);
+    assert!(out.contains("containerPort\t<integer> -required-"), "{out}");
+    // apply computes a strategic merge patch from the v3 schema: containers and env merge
+    // by name.
+    let manifest = |env: &str, image: &str| {
+        format!(
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: web}}\nspec:\n  selector: {{matchLabels: {{app: web}}}}\n  template:\n    metadata: {{labels: {{app: web}}}}\n    spec:\n      containers:\n      - {{name: a, image: busybox, env: [{{name: X, value: '{env}'}}]}}\n      - {{name: b, image: {image}}}\n"
+        )
+    };
+    s.ok_stdin(&["apply", "-f", "-"], &manifest("1", "busybox"));
+    let out = s.with_stdin(&["apply", "-f", "-", "-v=8"], &manifest("2", "nginx"));
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    assert!(
+        log.contains("Content-Type: application/strategic-merge-patch+json"),
+        "{log}"
+    );
+    assert!(!log.contains("warning"), "{log}");
+    let containers = s.ok(&[
+        "get",
+        "deploy",
+        "web",
+        "-o",
+        "jsonpath={.spec.template.spec.containers}",
+    ]);
+    assert_eq!(
+        containers,
+        r#"[{"env":[{"name":"X","value":"2"}],"image":"busybox","name":"a"},{"image":"nginx","name":"b"}]"#
+    );
+    // An unknown field is reported by name.
+    let err = refused(
+        &s,
+        &["apply", "-f", "-"],
+        &manifest("3", "nginx").replace("spec:\n  selector", "spec:\n  bogus: 1\n  selector"),
+    );
+    assert!(err.contains(r#"unknown field "spec.bogus""#), "{err}");
+    // A CRD's schema is published with it: explain reads it, and apply of a custom
+    // resource sends a JSON merge patch (custom resources have no merge keys).
+    s.ok_stdin(
+        &["apply", "-f", "-"],
+        "apiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\nmetadata: {name: gizmos.example.com}\nspec:\n  group: example.com\n  scope: Namespaced\n  names: {plural: gizmos, singular: gizmo, kind: Gizmo}\n  versions:\n  - name: v1\n    served: true\n    storage: true\n    schema:\n      openAPIV3Schema:\n        type: object\n        properties:\n          spec:\n            type: object\n            description: What the gizmo wants.\n            properties:\n              size: {type: integer, description: How big it is.}\n",
+    );
+    eventually("the CRD's schema is published", || {
+        let out = s.kubectl(&["explain", "gizmos.spec"]);
+        String::from_utf8_lossy(&out.stdout).contains("What the gizmo wants.")
+    });
+    let out = s.ok(&["explain", "--output=plaintext-openapiv2", "gizmo.spec.size"]);
+    assert!(out.contains("How big it is."), "{out}");
+    let gizmo = |size: u32| {
+        format!("apiVersion: example.com/v1\nkind: Gizmo\nmetadata: {{name: g}}\nspec: {{size: {size}}}\n")
+    };
+    s.ok_stdin(&["apply", "-f", "-"], &gizmo(1));
+    let out = s.with_stdin(&["apply", "-f", "-", "-v=8"], &gizmo(2));
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    assert!(
+        log.contains("Content-Type: application/merge-patch+json"),
+        "{log}"
+    );
+    // Every kubectl the machine has reads both documents.
+    let versions = kubectl_versions();
+    assert!(versions.len() >= 2, "{versions:?}");
+    let file = s.dir.path().join("web.yaml");
+    std::fs::write(&file, manifest("4", "nginx")).expect("manifest");
+    let file = file.to_str().expect("path");
+    for k in versions {
+        let run = |args: &[&str]| {
+            let out = std::process::Command::new(&k)
+                .env("KUBECONFIG", &s.kubeconfig)
+                .arg("--cache-dir")
+                .arg(s.dir.path().join("kube-cache"))
+                .args(args)
+                .output()
+                .expect("run kubectl");
+            assert!(
+                out.status.success(),
+                "{} {args:?}: {}",
+                k.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8_lossy(&out.stdout).to_string()
+        };
+        assert!(run(&["explain", "deployment.spec.replicas"]).contains("replicas"));
+        assert!(run(&[
+            "explain",
+            "--output=plaintext-openapiv2",
+            "cronjob.spec.schedule"
+        ])
+        .contains("schedule"));
+        run(&["apply", "-f", file, "--dry-run=server"]);
+    }
+}

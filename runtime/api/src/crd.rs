@@ -3,6 +3,7 @@
 //! generic handler serve custom objects like built-in ones.
 
 use super::objects::{self, decode};
+use super::openapi::definitions::{self, CustomSchema};
 use super::resources::{self, intern, intern_columns, intern_list, Resource};
 use super::status::ApiError;
 use cairn_store::{Store, StoreError};
@@ -97,11 +98,39 @@ pub fn entries(crd: &Value) -> Vec<Resource> {
     out
 }
 
+/// The schemas a CRD's served versions publish in the OpenAPI documents.
+fn schemas(crd: &Value) -> Vec<CustomSchema> {
+    let spec = &crd["spec"];
+    let group = spec["group"].as_str().unwrap_or_default();
+    let (kind, _, _) = names(crd);
+    spec["versions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|v| v["served"].as_bool() != Some(false))
+        .filter_map(|v| {
+            Some(CustomSchema {
+                group: group.to_string(),
+                version: v["name"].as_str()?.to_string(),
+                kind: kind.clone(),
+                schema: v["schema"]["openAPIV3Schema"].clone(),
+            })
+        })
+        .collect()
+}
+
 /// Serves what `crd` defines (replacing what it defined before).
 pub fn register(crd: &Value) {
     if let Some(name) = objects::name_of(crd) {
         resources::set_custom(name, entries(crd));
+        definitions::set_custom(name, schemas(crd));
     }
+}
+
+/// Stops serving what the CRD called `name` defined.
+fn unregister(name: &str) {
+    resources::set_custom(name, Vec::new());
+    definitions::set_custom(name, Vec::new());
 }
 
 /// Checks a CRD's name and names before it is stored.
@@ -196,7 +225,7 @@ pub fn set_status(crd: &mut Value) {
 pub async fn removed(store: &dyn Store, crd: &Value) -> Result<(), ApiError> {
     let defined = entries(crd);
     if let Some(name) = objects::name_of(crd) {
-        resources::set_custom(name, Vec::new());
+        unregister(name);
     }
     let Some(r) = defined.first() else {
         return Ok(());
@@ -264,7 +293,7 @@ async fn load_all(store: &Arc<dyn Store>) -> anyhow::Result<i64> {
         .collect();
     stale.dedup();
     for name in stale {
-        resources::set_custom(&name, Vec::new());
+        unregister(&name);
     }
     Ok(listed.revision)
 }

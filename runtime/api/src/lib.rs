@@ -132,6 +132,12 @@ impl Api {
             ["apis", g, v] => discovery::api_resource_list(g, v)
                 .map(json_ok)
                 .unwrap_or_else(|| ApiError::not_found_path().into_response()),
+            ["openapi", "v2"] => openapi::serve_v2(
+                Some(accept),
+                req.headers()
+                    .get(header::IF_NONE_MATCH)
+                    .and_then(|v| v.to_str().ok()),
+            ),
             ["openapi", "v3", rest @ ..] => openapi::serve(
                 rest,
                 req.uri().query(),
