@@ -462,3 +462,107 @@ fn server_side_apply_conflicts_and_managed_fields() {
         "ssa"
     );
 }
+
+const GADGET_CRD: &str = r#"
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata: {name: gadgets.example.com}
+spec:
+  group: example.com
+  scope: Namespaced
+  names: {plural: gadgets, singular: gadget, kind: Gadget}
+  versions:
+  - name: v1
+    served: true
+    storage: true
+    schema:
+      openAPIV3Schema:
+        type: object
+        properties:
+          spec:
+            type: object
+            required: [size]
+            properties:
+              size: {type: integer, minimum: 1, maximum: 10}
+              color: {type: string, enum: [red, blue], default: red}
+              name: {type: string, pattern: '^[a-z]+$', maxLength: 8}
+              when: {type: string, format: date-time}
+              tags: {type: array, x-kubernetes-list-type: set, items: {type: string}}
+              extra: {type: object, x-kubernetes-preserve-unknown-fields: true}
+"#;
+
+fn gadget(spec: &str) -> String {
+    format!("apiVersion: example.com/v1\nkind: Gadget\nmetadata: {{name: g}}\nspec: {spec}\n")
+}
+
+#[test]
+fn custom_resources_follow_their_structural_schema() {
+    let s = Server::start();
+    s.ok_stdin(&["apply", "-f", "-"], GADGET_CRD);
+    let revision = common::store_revision(&s);
+    // Every broken rule is a cause naming its field; nothing is stored.
+    let out = s.with_stdin(
+        &["create", "-f", "-"],
+        &gadget("{size: 30, color: pink, name: A1, when: yesterday, tags: [a, a]}"),
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    for want in [
+        r#"The Gadget "g" is invalid"#,
+        "spec.size: Invalid value: 30: spec.size in body should be less than or equal to 10",
+        r#"spec.color: Unsupported value: "pink": supported values: "red", "blue""#,
+        r#"spec.name: Invalid value: "A1": spec.name in body should match '^[a-z]+$'"#,
+        r#"spec.when: Invalid value: "yesterday""#,
+        r#"spec.tags[1]: Duplicate value: "a""#,
+    ] {
+        assert!(err.contains(want), "{want}: {err}");
+    }
+    let err = String::from_utf8_lossy(
+        &s.with_stdin(&["create", "-f", "-"], &gadget("{color: red}"))
+            .stderr,
+    )
+    .to_string();
+    assert!(err.contains("spec.size: Required value"), "{err}");
+    let err = String::from_utf8_lossy(
+        &s.with_stdin(&["create", "-f", "-"], &gadget("{size: \"3\"}"))
+            .stderr,
+    )
+    .to_string();
+    assert!(
+        err.contains("spec.size in body must be of type integer"),
+        "{err}"
+    );
+    assert_eq!(common::store_revision(&s), revision, "nothing was written");
+    // Unknown fields: refused under Strict (kubectl's default), pruned otherwise; defaults
+    // fill what is absent; preserved subtrees keep everything.
+    let err = String::from_utf8_lossy(
+        &s.with_stdin(&["apply", "-f", "-"], &gadget("{size: 2, junk: 1}"))
+            .stderr,
+    )
+    .to_string();
+    assert!(err.contains(r#"unknown field "spec.junk""#), "{err}");
+    s.ok_stdin(
+        &["apply", "--validate=false", "-f", "-"],
+        &gadget("{size: 2, junk: 1, extra: {any: {deep: true}}}"),
+    );
+    assert_eq!(
+        s.ok(&["get", "gadget", "g", "-o", "jsonpath={.spec}"]),
+        r#"{"color":"red","extra":{"any":{"deep":true}},"size":2}"#
+    );
+    // Updates are checked the same way.
+    let out = s.kubectl(&[
+        "patch",
+        "gadget",
+        "g",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"size":0}}"#,
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains("spec.size in body should be greater than or equal to 1"));
+    assert_eq!(
+        s.ok(&["get", "gadget", "g", "-o", "jsonpath={.spec.size}"]),
+        "2"
+    );
+}

@@ -3,12 +3,61 @@
 //! generic handler serve custom objects like built-in ones.
 
 use super::objects::{self, decode};
-use super::openapi::definitions::{self, CustomSchema};
 use super::resources::{self, intern, intern_columns, intern_list, Resource};
 use super::status::ApiError;
 use cairn_store::{Store, StoreError};
 use serde_json::{json, Value};
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+/// One served version of a custom resource, with the schema its CRD gives
+/// (`openAPIV3Schema`): what its objects are pruned, defaulted and validated by, and what
+/// the OpenAPI documents publish.
+#[derive(Clone, Debug)]
+pub struct CustomSchema {
+    pub group: String,
+    pub version: String,
+    pub kind: String,
+    pub schema: Arc<Value>,
+}
+
+/// CRD name → its served versions' schemas.
+static SCHEMAS: RwLock<BTreeMap<String, Vec<CustomSchema>>> = RwLock::new(BTreeMap::new());
+
+/// Bumped on every CRD change, so what is built from the schemas (OpenAPI) is rebuilt.
+static GENERATION: AtomicU64 = AtomicU64::new(0);
+
+/// Publishes (or, with no versions, withdraws) the schemas of the CRD called `crd_name`.
+pub fn set_schemas(crd_name: &str, versions: Vec<CustomSchema>) {
+    let mut all = SCHEMAS.write().unwrap_or_else(|e| e.into_inner());
+    if versions.is_empty() {
+        all.remove(crd_name);
+    } else {
+        all.insert(crd_name.to_string(), versions);
+    }
+    GENERATION.fetch_add(1, Ordering::SeqCst);
+}
+
+pub fn custom_generation() -> u64 {
+    GENERATION.load(Ordering::SeqCst)
+}
+
+/// Every served custom version's schema.
+pub fn published() -> Vec<CustomSchema> {
+    let all = SCHEMAS.read().unwrap_or_else(|e| e.into_inner());
+    all.values().flatten().cloned().collect()
+}
+
+/// The schema of one served custom version, if its CRD gives one.
+pub fn schema_of(group: &str, version: &str, kind: &str) -> Option<Arc<Value>> {
+    let all = SCHEMAS.read().unwrap_or_else(|e| e.into_inner());
+    all.values()
+        .flatten()
+        .find(|c| c.group == group && c.version == version && c.kind == kind)
+        .filter(|c| c.schema.is_object())
+        .map(|c| c.schema.clone())
+}
 
 /// Whether `r` is the CustomResourceDefinition resource itself.
 pub fn is_crd(r: &Resource) -> bool {
@@ -113,7 +162,7 @@ fn schemas(crd: &Value) -> Vec<CustomSchema> {
                 group: group.to_string(),
                 version: v["name"].as_str()?.to_string(),
                 kind: kind.clone(),
-                schema: v["schema"]["openAPIV3Schema"].clone(),
+                schema: Arc::new(v["schema"]["openAPIV3Schema"].clone()),
             })
         })
         .collect()
@@ -123,14 +172,14 @@ fn schemas(crd: &Value) -> Vec<CustomSchema> {
 pub fn register(crd: &Value) {
     if let Some(name) = objects::name_of(crd) {
         resources::set_custom(name, entries(crd));
-        definitions::set_custom(name, schemas(crd));
+        set_schemas(name, schemas(crd));
     }
 }
 
 /// Stops serving what the CRD called `name` defined.
 fn unregister(name: &str) {
     resources::set_custom(name, Vec::new());
-    definitions::set_custom(name, Vec::new());
+    set_schemas(name, Vec::new());
 }
 
 /// Checks a CRD's name and names before it is stored.

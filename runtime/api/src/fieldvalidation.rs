@@ -140,8 +140,17 @@ fn unknown_fields(input: &Value, output: &Value, path: &str, out: &mut Vec<Strin
     }
 }
 
+/// A custom resource as its CRD's structural schema keeps it: what pruning drops is unknown.
+fn custom_round_trip(obj: &Value) -> Option<Result<Value, String>> {
+    let (group, version) = obj["apiVersion"].as_str()?.split_once('/')?;
+    let schema = crate::crd::schema_of(group, version, obj["kind"].as_str()?)?;
+    let mut kept = obj.clone();
+    crate::structural::prune(&schema, &mut kept);
+    Some(Ok(kept))
+}
+
 pub fn check(group: &str, kind: &str, obj: &Value, mode: Mode) -> Result<Checked, ApiError> {
-    let Some(result) = typed_round_trip(group, kind, obj) else {
+    let Some(result) = typed_round_trip(group, kind, obj).or_else(|| custom_round_trip(obj)) else {
         return Ok(Checked {
             object: obj.clone(),
             warnings: Vec::new(),

@@ -17,6 +17,7 @@ pub mod resources;
 pub mod scale;
 pub mod selectors;
 pub mod status;
+pub mod structural;
 pub mod table;
 pub mod user;
 pub mod validation;

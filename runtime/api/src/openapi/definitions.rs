@@ -4,9 +4,8 @@
 
 use super::schema_name;
 use serde_json::{json, Map, Value};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::io::Read as _;
-use std::sync::RwLock;
 
 static BUILTIN: &[u8] = include_bytes!(concat!(
     env!("OUT_DIR"),
@@ -25,50 +24,15 @@ pub fn builtin() -> Map<String, Value> {
     }
 }
 
-/// One served version of a custom resource, with the schema its CRD gives.
-#[derive(Clone, Debug)]
-pub struct CustomSchema {
-    pub group: String,
-    pub version: String,
-    pub kind: String,
-    pub schema: Value,
-}
-
-/// CRD name → its versions' schemas.
-static CUSTOM: RwLock<BTreeMap<String, Vec<CustomSchema>>> = RwLock::new(BTreeMap::new());
-
-/// Changes with every CRD change, so cached documents that include custom schemas are
-/// rebuilt.
-static CUSTOM_GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-
-/// Publishes (or, with no versions, withdraws) the schemas of one CRD.
-pub fn set_custom(crd_name: &str, versions: Vec<CustomSchema>) {
-    let mut custom = CUSTOM.write().unwrap_or_else(|e| e.into_inner());
-    if versions.is_empty() {
-        custom.remove(crd_name);
-    } else {
-        custom.insert(crd_name.to_string(), versions);
-    }
-    CUSTOM_GENERATION.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-}
-
-pub fn custom_generation() -> u64 {
-    CUSTOM_GENERATION.load(std::sync::atomic::Ordering::SeqCst)
-}
-
-/// Every published custom schema.
-pub fn custom() -> Vec<CustomSchema> {
-    let custom = CUSTOM.read().unwrap_or_else(|e| e.into_inner());
-    custom.values().flatten().cloned().collect()
-}
+pub use crate::crd::{custom_generation, published as custom, CustomSchema};
 
 /// The definitions of one custom version: the kind (its schema with the object's standard
 /// fields, as kube-apiserver publishes CRDs) and its list.
 pub fn custom_definitions(c: &CustomSchema, out: &mut Map<String, Value>) {
     let name = schema_name(&c.group, &c.version, &c.kind);
     let gvk = |kind: &str| json!([{"group": c.group, "version": c.version, "kind": kind}]);
-    let mut schema = match &c.schema {
-        Value::Object(_) => c.schema.clone(),
+    let mut schema = match &*c.schema {
+        Value::Object(_) => (*c.schema).clone(),
         _ => json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true}),
     };
     if schema.get("type").is_none() {

@@ -540,13 +540,15 @@ mod tests {
 
     #[test]
     fn custom_resources_are_published_with_their_schema() {
-        definitions::set_custom(
+        crate::crd::set_schemas(
             "gadgets.openapi.example.com",
             vec![definitions::CustomSchema {
                 group: "openapi.example.com".into(),
                 version: "v1".into(),
                 kind: "Gadget".into(),
-                schema: json!({"type": "object", "properties": {"spec": {"type": "object", "properties": {"size": {"type": "integer"}}}}}),
+                schema: Arc::new(
+                    json!({"type": "object", "properties": {"spec": {"type": "object", "properties": {"size": {"type": "integer"}}}}}),
+                ),
             }],
         );
         let defs = all_definitions();
@@ -560,7 +562,7 @@ mod tests {
             json!([{"group": "openapi.example.com", "version": "v1", "kind": "Gadget"}])
         );
         assert!(defs["com.example.openapi.v1.GadgetList"].is_object());
-        definitions::set_custom("gadgets.openapi.example.com", Vec::new());
+        crate::crd::set_schemas("gadgets.openapi.example.com", Vec::new());
         assert!(!all_definitions().contains_key("com.example.openapi.v1.Gadget"));
     }
 

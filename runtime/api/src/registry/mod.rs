@@ -10,6 +10,7 @@
 //! A write is checked completely before the store is touched, and `dry_run` stops right
 //! before it, so a refused or dry-run request never changes the store.
 
+pub mod custom;
 pub mod meta;
 pub mod pod;
 pub mod policy;

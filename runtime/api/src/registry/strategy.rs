@@ -74,7 +74,7 @@ impl Strategy for Generic {}
 /// The strategy of the kind `r` serves.
 pub fn for_resource(r: &Resource) -> &'static dyn Strategy {
     if r.custom {
-        return &Generic;
+        return &super::custom::CustomResourceStrategy;
     }
     match (r.group, r.kind) {
         ("", "Pod") => &super::pod::PodStrategy,
