@@ -566,3 +566,74 @@ fn custom_resources_follow_their_structural_schema() {
         "2"
     );
 }
+
+#[test]
+fn versions_of_a_kind_share_one_stored_object() {
+    let s = Server::start();
+    // autoscaling/v1 HPAs are autoscaling/v2 ones seen through v1's CPU target.
+    s.ok(&["create", "deployment", "web", "--image=busybox"]);
+    s.ok_stdin(
+        &["apply", "-f", "-"],
+        "apiVersion: autoscaling/v1\nkind: HorizontalPodAutoscaler\nmetadata: {name: web}\nspec:\n  scaleTargetRef: {apiVersion: apps/v1, kind: Deployment, name: web}\n  minReplicas: 1\n  maxReplicas: 4\n  targetCPUUtilizationPercentage: 70\n",
+    );
+    let v2: serde_json::Value = serde_json::from_str(&s.ok(&[
+        "get",
+        "--raw",
+        "/apis/autoscaling/v2/namespaces/default/horizontalpodautoscalers/web",
+    ]))
+    .expect("json");
+    assert_eq!(v2["apiVersion"], "autoscaling/v2");
+    assert_eq!(
+        v2["spec"]["metrics"][0]["resource"]["target"],
+        serde_json::json!({"type": "Utilization", "averageUtilization": 70})
+    );
+    s.ok(&[
+        "patch",
+        "horizontalpodautoscalers.v2.autoscaling",
+        "web",
+        "--type=json",
+        "-p",
+        r#"[{"op":"replace","path":"/spec/metrics/0/resource/target/averageUtilization","value":55}]"#,
+    ]);
+    let v1: serde_json::Value = serde_json::from_str(&s.ok(&[
+        "get",
+        "--raw",
+        "/apis/autoscaling/v1/namespaces/default/horizontalpodautoscalers/web",
+    ]))
+    .expect("json");
+    assert_eq!(v1["apiVersion"], "autoscaling/v1");
+    assert_eq!(v1["spec"]["targetCPUUtilizationPercentage"], 55);
+    assert!(v1["spec"].get("metrics").is_none(), "{v1}");
+    let table = s.ok(&["get", "horizontalpodautoscalers.v1.autoscaling"]);
+    assert!(table.contains("cpu: <unknown>/55%"), "{table}");
+    // A CRD's versions (conversion None): written through any, stored in the storage
+    // version, read through each with its own apiVersion.
+    s.ok_stdin(
+        &["apply", "-f", "-"],
+        "apiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\nmetadata: {name: dials.example.com}\nspec:\n  group: example.com\n  scope: Namespaced\n  names: {plural: dials, singular: dial, kind: Dial}\n  versions:\n  - name: v1beta1\n    served: true\n    storage: false\n    schema: {openAPIV3Schema: {type: object, properties: {spec: {type: object, properties: {level: {type: integer}}}}}}\n  - name: v1\n    served: true\n    storage: true\n    schema: {openAPIV3Schema: {type: object, properties: {spec: {type: object, properties: {level: {type: integer, maximum: 5}}}}}}\n",
+    );
+    s.ok_stdin(
+        &["apply", "-f", "-"],
+        "apiVersion: example.com/v1beta1\nkind: Dial\nmetadata: {name: d}\nspec: {level: 3}\n",
+    );
+    for version in ["v1beta1", "v1"] {
+        let d: serde_json::Value = serde_json::from_str(&s.ok(&[
+            "get",
+            "--raw",
+            &format!("/apis/example.com/{version}/namespaces/default/dials/d"),
+        ]))
+        .expect("json");
+        assert_eq!(d["apiVersion"], format!("example.com/{version}"));
+        assert_eq!(d["spec"]["level"], 3);
+    }
+    // Each version validates by its own schema.
+    let out = s.with_stdin(
+        &["create", "-f", "-"],
+        "apiVersion: example.com/v1\nkind: Dial\nmetadata: {name: e}\nspec: {level: 9}\n",
+    );
+    assert!(!out.status.success());
+    s.ok_stdin(
+        &["create", "-f", "-"],
+        "apiVersion: example.com/v1beta1\nkind: Dial\nmetadata: {name: e}\nspec: {level: 9}\n",
+    );
+}

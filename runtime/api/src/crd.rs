@@ -49,6 +49,43 @@ pub fn published() -> Vec<CustomSchema> {
     all.values().flatten().cloned().collect()
 }
 
+/// CRD name → (group, kind, the apiVersion its objects are stored in).
+static STORAGE: RwLock<BTreeMap<String, (String, String, String)>> = RwLock::new(BTreeMap::new());
+
+/// The apiVersion objects of the custom kind `group`/`kind` are stored in: their CRD's
+/// storage version.
+pub fn storage_api_version(group: &str, kind: &str) -> Option<String> {
+    let all = STORAGE.read().unwrap_or_else(|e| e.into_inner());
+    all.values()
+        .find(|(g, k, _)| g == group && k == kind)
+        .map(|(_, _, v)| v.clone())
+}
+
+fn set_storage(crd_name: &str, crd: Option<&Value>) {
+    let mut all = STORAGE.write().unwrap_or_else(|e| e.into_inner());
+    let version = crd.and_then(|c| {
+        c["spec"]["versions"]
+            .as_array()?
+            .iter()
+            .find(|v| v["storage"].as_bool() == Some(true))?["name"]
+            .as_str()
+            .map(str::to_string)
+    });
+    match (crd, version) {
+        (Some(c), Some(v)) => {
+            let group = c["spec"]["group"].as_str().unwrap_or_default().to_string();
+            let (kind, _, _) = names(c);
+            all.insert(
+                crd_name.to_string(),
+                (group.clone(), kind, format!("{group}/{v}")),
+            );
+        }
+        _ => {
+            all.remove(crd_name);
+        }
+    }
+}
+
 /// The schema of one served custom version, if its CRD gives one.
 pub fn schema_of(group: &str, version: &str, kind: &str) -> Option<Arc<Value>> {
     let all = SCHEMAS.read().unwrap_or_else(|e| e.into_inner());
@@ -173,6 +210,7 @@ pub fn register(crd: &Value) {
     if let Some(name) = objects::name_of(crd) {
         resources::set_custom(name, entries(crd));
         set_schemas(name, schemas(crd));
+        set_storage(name, Some(crd));
     }
 }
 
@@ -180,6 +218,7 @@ pub fn register(crd: &Value) {
 fn unregister(name: &str) {
     resources::set_custom(name, Vec::new());
     set_schemas(name, Vec::new());
+    set_storage(name, None);
 }
 
 /// Checks a CRD's name and names before it is stored.

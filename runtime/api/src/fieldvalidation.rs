@@ -92,6 +92,9 @@ fn typed_round_trip(group: &str, kind: &str, obj: &Value) -> Option<Result<Value
         ("storage.k8s.io", "CSIDriver") => round_trip::<storage::CSIDriver>(obj),
         ("storage.k8s.io", "CSINode") => round_trip::<storage::CSINode>(obj),
         ("storage.k8s.io", "VolumeAttachment") => round_trip::<storage::VolumeAttachment>(obj),
+        ("autoscaling", "HorizontalPodAutoscaler") if obj["apiVersion"] == "autoscaling/v1" => {
+            round_trip::<k8s_openapi::api::autoscaling::v1::HorizontalPodAutoscaler>(obj)
+        }
         ("autoscaling", "HorizontalPodAutoscaler") => {
             round_trip::<autoscaling::HorizontalPodAutoscaler>(obj)
         }

@@ -592,14 +592,9 @@ async fn bind(store: &Arc<dyn Store>, req: &Request<'_>, name: &str) -> Result<R
     ))
 }
 
-/// A stored object as `r` serves it: a custom object stored through another version of its
-/// CRD is shown with this version's apiVersion (CRDs here have no conversion webhooks).
+/// A stored object as `r` serves it (converted from its storage version).
 fn decode_for(r: &Resource, rec: &cairn_store::Record) -> Result<Value, ApiError> {
-    let mut obj = decode(rec)?;
-    if r.custom && obj.is_object() {
-        obj["apiVersion"] = json!(r.api_version());
-    }
-    Ok(obj)
+    Ok(super::conversion::to_served(r, decode(rec)?))
 }
 
 async fn current(

@@ -1,6 +1,7 @@
 //! The Kubernetes-compatible API: routing of every URL to discovery or the generic handler.
 
 pub mod apply;
+pub mod conversion;
 pub mod crd;
 pub mod cron;
 pub mod discovery;

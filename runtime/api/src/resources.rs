@@ -389,6 +389,18 @@ pub const RESOURCES: &[Resource] = &[
         categories: &["all"],
         ..R
     },
+    // Stored as v2, served converted (`conversion.rs`); v2 stays the preferred version.
+    Resource {
+        group: "autoscaling",
+        version: "v1",
+        kind: "HorizontalPodAutoscaler",
+        plural: "horizontalpodautoscalers",
+        singular: "horizontalpodautoscaler",
+        short_names: &["hpa"],
+        subresources: &["status"],
+        categories: &["all"],
+        ..R
+    },
     Resource {
         group: "scheduling.k8s.io",
         kind: "PriorityClass",

@@ -2034,6 +2034,14 @@ fn volumeattachment_cells(obj: &Value, now: i64) -> Vec<Value> {
 }
 
 fn hpa_cells(obj: &Value, now: i64) -> Vec<Value> {
+    // v1's single CPU target reads as the v2 metric it stands for.
+    let v2;
+    let obj = if obj["apiVersion"] == "autoscaling/v1" {
+        v2 = crate::conversion::hpa_v1_to_v2(obj);
+        &v2
+    } else {
+        obj
+    };
     let spec = &obj["spec"];
     let target = &spec["scaleTargetRef"];
     let metrics = arr(&spec["metrics"]);

@@ -17,6 +17,7 @@ pub mod policy;
 pub mod strategy;
 pub mod workloads;
 
+use crate::conversion::to_storage;
 use crate::objects::{encode, generated_name, with_revision};
 use crate::resources::Resource;
 use crate::status::ApiError;
@@ -209,7 +210,10 @@ pub async fn create(
     }
     let mut tries = 0;
     let rec = loop {
-        match store.create(&key_of(r, &obj), encode(&obj)?).await {
+        match store
+            .create(&key_of(r, &obj), encode(&to_storage(r, &obj))?)
+            .await
+        {
             Err(StoreError::AlreadyExists) if tries < 7 && generate.is_some() => {
                 tries += 1;
                 let prefix = generate.as_deref().unwrap_or_default();
@@ -316,7 +320,9 @@ pub async fn update(
         }
         return Ok(with_revision(new, rec.revision));
     }
-    let rec = store.update(&key, encode(&new)?, expected).await?;
+    let rec = store
+        .update(&key, encode(&to_storage(r, &new))?, expected)
+        .await?;
     if is_crd {
         crd::register(&new);
     }
@@ -431,7 +437,9 @@ pub async fn delete(
         if opts.dry_run {
             return Ok((Deleted::Marked, marked));
         }
-        let rec = store.update(&key_of(r, old), encode(&marked)?, rev).await?;
+        let rec = store
+            .update(&key_of(r, old), encode(&to_storage(r, &marked))?, rev)
+            .await?;
         return Ok((Deleted::Marked, with_revision(marked, rec.revision)));
     }
     if opts.dry_run {
