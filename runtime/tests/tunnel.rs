@@ -112,6 +112,102 @@ impl NodeStreams for LocalStreams {
         .map_err(|e| StreamError::Internal(e.to_string()))?;
         Ok(status.code().unwrap_or(128))
     }
+
+    async fn pod_ip(&self, _namespace: &str, _pod: &str) -> Result<String, StreamError> {
+        Ok("127.0.0.1".into())
+    }
+}
+
+/// An HTTP/1.1 server on 127.0.0.1 standing in for a pod's: it answers every request with
+/// its method, path, `x-test` header and body, and says whether it saw credentials.
+fn echo_server() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut conn = conn;
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                let (head, body) = loop {
+                    let Ok(n) = conn.read(&mut chunk) else { return };
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&buf[..at]).to_string();
+                        let length = head
+                            .lines()
+                            .find_map(|l| {
+                                let (k, v) = l.split_once(':')?;
+                                k.eq_ignore_ascii_case("content-length")
+                                    .then(|| v.trim().parse::<usize>().ok())?
+                            })
+                            .unwrap_or(0);
+                        let chunked = head
+                            .to_ascii_lowercase()
+                            .contains("transfer-encoding: chunked");
+                        let mut body = buf[at + 4..].to_vec();
+                        let complete = |b: &[u8]| {
+                            if chunked {
+                                b.ends_with(b"0\r\n\r\n")
+                            } else {
+                                b.len() >= length
+                            }
+                        };
+                        while !complete(&body) {
+                            let Ok(n) = conn.read(&mut chunk) else { return };
+                            if n == 0 {
+                                break;
+                            }
+                            body.extend_from_slice(&chunk[..n]);
+                        }
+                        if chunked {
+                            // size CRLF data CRLF ... 0 CRLF CRLF
+                            let mut plain = Vec::new();
+                            let mut rest = &body[..];
+                            while let Some(eol) = rest.windows(2).position(|w| w == b"\r\n") {
+                                let size = usize::from_str_radix(
+                                    String::from_utf8_lossy(&rest[..eol]).trim(),
+                                    16,
+                                )
+                                .unwrap_or(0);
+                                if size == 0 || rest.len() < eol + 2 + size {
+                                    break;
+                                }
+                                plain.extend_from_slice(&rest[eol + 2..eol + 2 + size]);
+                                rest = &rest[(eol + 4 + size).min(rest.len())..];
+                            }
+                            body = plain;
+                        }
+                        break (head, body);
+                    }
+                };
+                let request_line = head.lines().next().unwrap_or("").to_string();
+                let header = |name: &str| {
+                    head.lines()
+                        .find_map(|l| {
+                            let (k, v) = l.split_once(':')?;
+                            k.eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+                        })
+                        .unwrap_or_default()
+                };
+                let answer = format!(
+                    "{request_line}|x-test={}|authorization={}|body={}",
+                    header("x-test"),
+                    header("authorization"),
+                    String::from_utf8_lossy(&body)
+                );
+                let _ = write!(
+                    conn,
+                    "HTTP/1.1 203 Non-Authoritative Information\r\nContent-Type: text/plain\r\nX-Pod: yes\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{answer}",
+                    answer.len()
+                );
+            });
+        }
+    });
+    port
 }
 
 fn rt() -> tokio::runtime::Runtime {
@@ -339,6 +435,89 @@ fn join_then_logs_and_exec_through_the_tunnel() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("err"));
     let out = server.kubectl(&["exec", "lost", "--", "true"]);
     assert!(!out.status.success());
+
+    // Proxies: pods/proxy and services/proxy reach the pod's port through the tunnel.
+    let port = echo_server();
+    let answer = server.ok(&[
+        "get",
+        "--raw",
+        &format!("/api/v1/namespaces/default/pods/web:{port}/proxy/hello/there?x=1"),
+    ]);
+    assert_eq!(
+        answer, "GET /hello/there?timeout=30s&x=1 HTTP/1.1|x-test=|authorization=|body=",
+        "the pod sees the path and query, never the client's credentials"
+    );
+    let file = server.dir.path().join("body.txt");
+    std::fs::write(&file, "posted").expect("body");
+    let answer = server.ok(&[
+        "create",
+        "--raw",
+        &format!("/api/v1/namespaces/default/pods/web:{port}/proxy/submit"),
+        "-f",
+        file.to_str().expect("path"),
+    ]);
+    assert!(
+        answer.starts_with("POST /submit?timeout=30s HTTP/1.1"),
+        "{answer}"
+    );
+    assert!(answer.ends_with("|body=posted"), "{answer}");
+
+    server.ok_stdin(
+        &["apply", "-f", "-"],
+        &format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: echo}}\nspec:\n  ports: [{{name: http, port: 80, targetPort: {port}}}]\n---\napiVersion: v1\nkind: Endpoints\nmetadata: {{name: echo}}\nsubsets:\n- addresses: [{{ip: 127.0.0.1, targetRef: {{kind: Pod, name: web, namespace: default}}}}]\n  ports: [{{name: http, port: {port}}}]\n"
+        ),
+    );
+    let answer = server.ok(&[
+        "get",
+        "--raw",
+        "/api/v1/namespaces/default/services/echo:http/proxy/svc",
+    ]);
+    assert!(
+        answer.starts_with("GET /svc?timeout=30s HTTP/1.1"),
+        "{answer}"
+    );
+    let out = server.kubectl(&[
+        "get",
+        "--raw",
+        "/api/v1/namespaces/default/services/echo:nope/proxy/",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no service port \"nope\""),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // kubectl proxy in front of the server: headers and status of the pod's answer arrive.
+    let mut proxy = server
+        .kubectl_cmd(&["proxy", "--port=0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("kubectl proxy");
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(proxy.stdout.take().expect("stdout")),
+        &mut line,
+    )
+    .expect("kubectl proxy says where it serves");
+    let local = line.trim().rsplit(' ').next().expect("address").to_string();
+    let mut conn = std::net::TcpStream::connect(&local).expect("connect to kubectl proxy");
+    write!(
+        conn,
+        "GET /api/v1/namespaces/default/services/echo:http/proxy/through?y=2 HTTP/1.1\r\nHost: localhost\r\nX-Test: kept\r\nConnection: close\r\n\r\n"
+    )
+    .expect("request");
+    let mut reply = String::new();
+    conn.read_to_string(&mut reply).expect("reply");
+    let _ = proxy.kill();
+    let _ = proxy.wait();
+    assert!(reply.starts_with("HTTP/1.1 203"), "{reply}");
+    assert!(reply.to_ascii_lowercase().contains("x-pod: yes"), "{reply}");
+    assert!(
+        reply.ends_with("GET /through?y=2 HTTP/1.1|x-test=kept|authorization=|body="),
+        "{reply}"
+    );
     drop(rt);
 }
 

@@ -261,6 +261,12 @@ impl PodManager {
 
 #[async_trait::async_trait]
 impl NodeStreams for PodManager {
+    async fn pod_ip(&self, namespace: &str, pod: &str) -> Result<String, StreamError> {
+        let shared = self.find(namespace, pod).await?;
+        let ip = shared.record.lock().await.pod_ip.clone();
+        ip.ok_or_else(|| StreamError::BadRequest(format!("pod {pod} has no IP yet")))
+    }
+
     async fn logs(&self, req: LogRequest) -> Result<LogStream, StreamError> {
         let shared = self.find(&req.namespace, &req.pod).await?;
         let record = shared.record.lock().await.clone();

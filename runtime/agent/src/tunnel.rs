@@ -31,6 +31,8 @@ pub trait NodeStreams: Send + Sync + 'static {
     async fn logs(&self, req: LogRequest) -> Result<LogStream, StreamError>;
     /// Runs the command to completion and returns its exit code.
     async fn exec(&self, req: ExecRequest, io: ExecIo) -> Result<i32, StreamError>;
+    /// The IP of a running pod of this node.
+    async fn pod_ip(&self, namespace: &str, pod: &str) -> Result<String, StreamError>;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -137,7 +139,92 @@ pub async fn dispatch(
     match (req.method().as_str(), req.uri().path()) {
         ("POST", "/logs") => serve_logs(streams, req).await,
         ("POST", "/exec") => serve_exec(streams, req),
+        (_, "/proxy") => serve_proxy(streams, req).await,
         _ => text(StatusCode::NOT_FOUND, "no such tunnel endpoint"),
+    }
+}
+
+/// Relays one HTTP request to a pod's port (HTTP/1.1, one connection per request).
+async fn serve_proxy(
+    streams: Arc<dyn NodeStreams>,
+    req: Request<Incoming>,
+) -> Response<TunnelBody> {
+    let pr: ProxyRequest = match req
+        .headers()
+        .get(PROXY_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(serde_json::from_str)
+    {
+        Some(Ok(r)) => r,
+        Some(Err(e)) => return text(StatusCode::BAD_REQUEST, format!("bad proxy request: {e}")),
+        None => return text(StatusCode::BAD_REQUEST, format!("missing {PROXY_HEADER}")),
+    };
+    let ip = match streams.pod_ip(&pr.namespace, &pr.pod).await {
+        Ok(ip) => ip,
+        Err(e) => return text(e.status(), e.to_string()),
+    };
+    let addr = match ip.parse::<std::net::IpAddr>() {
+        Ok(a) => std::net::SocketAddr::new(a, pr.port),
+        Err(_) => {
+            return text(
+                StatusCode::BAD_GATEWAY,
+                format!("pod IP {ip:?} is not an address"),
+            )
+        }
+    };
+    let stream = match tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio::net::TcpStream::connect(addr),
+    )
+    .await
+    {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return text(StatusCode::BAD_GATEWAY, format!("dial {addr}: {e}")),
+        Err(_) => return text(StatusCode::BAD_GATEWAY, format!("dial {addr}: timed out")),
+    };
+    let (mut sender, conn) =
+        match hyper::client::conn::http1::handshake::<_, Incoming>(TokioIo::new(stream)).await {
+            Ok(x) => x,
+            Err(e) => return text(StatusCode::BAD_GATEWAY, format!("{addr}: {e}")),
+        };
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "proxied connection ended");
+        }
+    });
+    let (parts, body) = req.into_parts();
+    let mut out = Request::builder()
+        .method(parts.method)
+        .uri(pr.path.as_str())
+        .header(hyper::header::HOST, addr.to_string());
+    for (k, v) in &parts.headers {
+        if k.as_str() != PROXY_HEADER && is_relayed_header(k.as_str()) {
+            out = out.header(k, v);
+        }
+    }
+    let out = match out.body(body) {
+        Ok(r) => r,
+        Err(e) => return text(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    match sender.send_request(out).await {
+        Ok(res) => {
+            let (mut parts, body) = res.into_parts();
+            let dropped: Vec<hyper::header::HeaderName> = parts
+                .headers
+                .keys()
+                .filter(|k| !is_relayed_header(k.as_str()))
+                .cloned()
+                .collect();
+            for k in dropped {
+                parts.headers.remove(k);
+            }
+            Response::from_parts(
+                parts,
+                body.map_err(|e| std::io::Error::other(e.to_string()))
+                    .boxed_unsync(),
+            )
+        }
+        Err(e) => text(StatusCode::BAD_GATEWAY, format!("{addr}: {e}")),
     }
 }
 

@@ -71,6 +71,16 @@ fn subresource_info(
         "eviction" => ("policy", "Eviction", &["create"]),
         "log" => ("", "Pod", &["get"]),
         "exec" => ("", "PodExecOptions", &["create", "get"]),
+        "proxy" if r.kind == "Service" => (
+            "",
+            "ServiceProxyOptions",
+            &["create", "delete", "get", "patch", "update"],
+        ),
+        "proxy" => (
+            "",
+            "PodProxyOptions",
+            &["create", "delete", "get", "patch", "update"],
+        ),
         "finalize" => (r.group, r.kind, &["update"]),
         "approval" => (r.group, r.kind, &["get", "patch", "update"]),
         "status" => (r.group, r.kind, &["get", "patch", "update"]),

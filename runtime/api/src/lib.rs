@@ -53,6 +53,17 @@ pub trait PodStreams: Send + Sync {
         subresource: &str,
         req: Request<Body>,
     ) -> Response;
+
+    /// Relays `req` to `{plural}/{name}/proxy{path}` (`pods` or `services`; `name` may carry
+    /// `scheme:` and `:port` as in Kubernetes) through the node running the pod.
+    async fn proxy(
+        &self,
+        plural: &str,
+        namespace: &str,
+        name: &str,
+        path: &str,
+        req: Request<Body>,
+    ) -> Response;
 }
 
 fn json_ok(v: serde_json::Value) -> Response {
@@ -175,6 +186,30 @@ impl Api {
         let Some(resource) = resources::find(group, version, plural) else {
             return ApiError::not_found_path().into_response();
         };
+        // Proxies to a pod's or service's port go through the pod's node, like exec.
+        if let (true, Some(ns), Some(name), Some("proxy")) = (
+            group.is_empty() && matches!(*plural, "pods" | "services"),
+            namespace,
+            rest.get(1),
+            rest.get(2).copied(),
+        ) {
+            let marker = format!("/{plural}/{name}/proxy");
+            let path = req.uri().path();
+            let tail = path
+                .find(&marker)
+                .map(|at| &path[at + marker.len()..])
+                .filter(|t| !t.is_empty())
+                .unwrap_or("/")
+                .to_string();
+            let tail = match req.uri().query() {
+                Some(q) => format!("{tail}?{q}"),
+                None => tail,
+            };
+            return match &self.pod_streams {
+                Some(streams) => streams.proxy(plural, ns, name, &tail, req).await,
+                None => ApiError::not_found_path().into_response(),
+            };
+        }
         if rest.len() > 3 {
             return ApiError::not_found_path().into_response();
         }

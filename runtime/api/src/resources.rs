@@ -71,7 +71,7 @@ pub const RESOURCES: &[Resource] = &[
             "status.podIP",
             "status.nominatedNodeName",
         ],
-        subresources: &["status", "binding", "log", "exec", "eviction"],
+        subresources: &["status", "binding", "log", "exec", "eviction", "proxy"],
         categories: &["all"],
         ..R
     },
@@ -80,7 +80,7 @@ pub const RESOURCES: &[Resource] = &[
         plural: "services",
         singular: "service",
         short_names: &["svc"],
-        subresources: &["status"],
+        subresources: &["status", "proxy"],
         categories: &["all"],
         ..R
     },

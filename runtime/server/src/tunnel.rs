@@ -14,8 +14,9 @@ use bytes::Bytes;
 use cairn_api::status::ApiError;
 use cairn_store::Store;
 use cairn_wire::tunnel::{
-    encode_frame, ExecRequest, FrameDecoder, LogRequest, CHANNEL_CLOSE, CHANNEL_ERROR,
-    CHANNEL_RESIZE, CHANNEL_STDIN, EXEC_HEADER, UPGRADE_PROTOCOL,
+    encode_frame, is_relayed_header, ExecRequest, FrameDecoder, LogRequest, ProxyRequest,
+    CHANNEL_CLOSE, CHANNEL_ERROR, CHANNEL_RESIZE, CHANNEL_STDIN, EXEC_HEADER, PROXY_HEADER,
+    UPGRADE_PROTOCOL,
 };
 use futures_util::{SinkExt, StreamExt};
 use http_body_util::BodyExt;
@@ -255,6 +256,208 @@ impl cairn_api::PodStreams for TunnelPodStreams {
         };
         result.unwrap_or_else(IntoResponse::into_response)
     }
+
+    async fn proxy(
+        &self,
+        plural: &str,
+        namespace: &str,
+        name: &str,
+        path: &str,
+        req: Request<Body>,
+    ) -> Response {
+        let result = match plural {
+            "pods" => proxy_pod(self, namespace, name, path, req).await,
+            "services" => proxy_service(self, namespace, name, path, req).await,
+            _ => Err(ApiError::not_found_path()),
+        };
+        result.unwrap_or_else(IntoResponse::into_response)
+    }
+}
+
+/// `[scheme:]name[:port]`, as the names of pods/proxy and services/proxy are written.
+fn split_proxy_name(name: &str) -> Result<(&str, Option<&str>), ApiError> {
+    let parts: Vec<&str> = name.split(':').collect();
+    let (scheme, name, port) = match parts.as_slice() {
+        [n] => ("", *n, None),
+        [n, p] => ("", *n, Some(*p)),
+        [s, n, p] => (*s, *n, Some(*p).filter(|p| !p.is_empty())),
+        _ => {
+            return Err(ApiError::bad_request(format!(
+                "invalid proxy target {name:?}"
+            )))
+        }
+    };
+    if !matches!(scheme, "" | "http") {
+        return Err(ApiError::bad_request(format!(
+            "scheme {scheme:?} is not supported: cairn proxies plain HTTP"
+        )));
+    }
+    Ok((name, port))
+}
+
+async fn get_object(
+    store: &Arc<dyn Store>,
+    plural: &str,
+    namespace: &str,
+    name: &str,
+) -> Result<Value, ApiError> {
+    let r = cairn_api::resources::find("", "v1", plural)
+        .ok_or_else(|| ApiError::internal(format!("the {plural} resource is not registered")))?;
+    cairn_controllers::util::get(&**store, &r.key(Some(namespace), name))
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .ok_or_else(|| ApiError::not_found(plural, "", name))
+}
+
+/// A pod's port: a number, a container port's name, or (absent) 80.
+fn pod_port(pod: &Value, port: Option<&str>) -> Result<u16, ApiError> {
+    let Some(port) = port else { return Ok(80) };
+    if let Ok(n) = port.parse::<u16>() {
+        return Ok(n);
+    }
+    pod["spec"]["containers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|c| c["ports"].as_array().cloned().unwrap_or_default())
+        .find(|p| p["name"] == port)
+        .and_then(|p| p["containerPort"].as_u64())
+        .and_then(|p| u16::try_from(p).ok())
+        .ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "pod {} has no port named {port:?}",
+                pod["metadata"]["name"].as_str().unwrap_or_default()
+            ))
+        })
+}
+
+async fn proxy_pod(
+    streams: &TunnelPodStreams,
+    namespace: &str,
+    name: &str,
+    path: &str,
+    req: Request<Body>,
+) -> Result<Response, ApiError> {
+    let (pod_name, port) = split_proxy_name(name)?;
+    let pod = get_object(&streams.store, "pods", namespace, pod_name).await?;
+    let port = pod_port(&pod, port)?;
+    relay_http(streams, &pod, port, path, req).await
+}
+
+/// A service's port (by name or number; the only one when absent) sends to a ready
+/// endpoint's pod, on the endpoint port of the same name.
+async fn proxy_service(
+    streams: &TunnelPodStreams,
+    namespace: &str,
+    name: &str,
+    path: &str,
+    req: Request<Body>,
+) -> Result<Response, ApiError> {
+    let (svc_name, port) = split_proxy_name(name)?;
+    let svc = get_object(&streams.store, "services", namespace, svc_name).await?;
+    let ports = svc["spec"]["ports"].as_array().cloned().unwrap_or_default();
+    let svc_port = match port {
+        Some(p) => ports
+            .iter()
+            .find(|sp| {
+                sp["name"] == p || sp["port"].as_u64().map(|n| n.to_string()).as_deref() == Some(p)
+            })
+            .cloned(),
+        None if ports.len() == 1 => ports.first().cloned(),
+        None => None,
+    }
+    .ok_or_else(|| {
+        ApiError::unavailable(format!(
+            "no service port {:?} found for service \"{svc_name}\"",
+            port.unwrap_or("")
+        ))
+    })?;
+    let port_name = svc_port["name"].as_str().unwrap_or_default();
+    let endpoints = get_object(&streams.store, "endpoints", namespace, svc_name)
+        .await
+        .map_err(|_| {
+            ApiError::unavailable(format!("no endpoints available for service \"{svc_name}\""))
+        })?;
+    let target = endpoints["subsets"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find_map(|subset| {
+            let port = subset["ports"]
+                .as_array()?
+                .iter()
+                .find(|p| p["name"].as_str().unwrap_or_default() == port_name)?["port"]
+                .as_u64()?;
+            let address = subset["addresses"]
+                .as_array()?
+                .iter()
+                .find(|a| a["targetRef"]["kind"] == "Pod")?;
+            Some((address["targetRef"]["name"].as_str()?.to_string(), port))
+        })
+        .ok_or_else(|| {
+            ApiError::unavailable(format!("no endpoints available for service \"{svc_name}\""))
+        })?;
+    let pod = get_object(&streams.store, "pods", namespace, &target.0).await?;
+    let port = u16::try_from(target.1)
+        .map_err(|_| ApiError::internal(format!("endpoint port {} is out of range", target.1)))?;
+    relay_http(streams, &pod, port, path, req).await
+}
+
+/// Sends `req` to `pod`'s `port` through its node's tunnel and answers with the pod's answer.
+async fn relay_http(
+    streams: &TunnelPodStreams,
+    pod: &Value,
+    port: u16,
+    path: &str,
+    req: Request<Body>,
+) -> Result<Response, ApiError> {
+    let name = pod["metadata"]["name"].as_str().unwrap_or_default();
+    let node = pod["spec"]["nodeName"].as_str().unwrap_or_default();
+    if node.is_empty() {
+        return Err(ApiError::bad_request(format!("pod {name} has no node yet")));
+    }
+    let pr = ProxyRequest {
+        namespace: pod["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
+        pod: name.to_string(),
+        port,
+        path: path.to_string(),
+    };
+    let header_value = serde_json::to_string(&pr)
+        .ok()
+        .and_then(|s| HeaderValue::from_str(&s).ok())
+        .ok_or_else(|| ApiError::bad_request("the proxied path cannot be carried in a header"))?;
+    let mut sender = tunnel_to(&streams.tunnels, node)?;
+    let (parts, body) = req.into_parts();
+    let mut out = Request::builder()
+        .method(parts.method)
+        .uri("http://cairn-node/proxy")
+        .header(PROXY_HEADER, header_value);
+    for (k, v) in &parts.headers {
+        if is_relayed_header(k.as_str()) {
+            out = out.header(k, v);
+        }
+    }
+    let out = out
+        .body(body)
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    let res = sender
+        .send_request(out)
+        .await
+        .map_err(|e| ApiError::unavailable(format!("node {node}: {e}")))?;
+    let (mut parts, body) = res.into_parts();
+    let dropped: Vec<header::HeaderName> = parts
+        .headers
+        .keys()
+        .filter(|k| !is_relayed_header(k.as_str()))
+        .cloned()
+        .collect();
+    for k in dropped {
+        parts.headers.remove(k);
+    }
+    Ok(Response::from_parts(parts, Body::new(body)))
 }
 
 /// The message of an error answer from the agent.

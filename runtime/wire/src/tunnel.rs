@@ -10,6 +10,10 @@
 //!   frames from the client (stdin 0, resize 4, close 255) and the answer body frames to it
 //!   (stdout 1, stderr 2, status 3). A frame is `[u8 channel][u32 BE length][data]`; the
 //!   channel numbers are Kubernetes' remotecommand ones.
+//! - `<METHOD> /proxy`, header `x-cairn-proxy` = [`ProxyRequest`] JSON: the agent sends the
+//!   request (its method, headers and body) to the pod's IP and port over HTTP/1.1 and
+//!   answers with the pod's answer (`pods/proxy`, `services/proxy`); 502 with the reason
+//!   when the pod cannot be reached.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use hyper::StatusCode;
@@ -21,6 +25,9 @@ pub const CHANNEL_STDERR: u8 = 2;
 pub const CHANNEL_ERROR: u8 = 3;
 pub const CHANNEL_RESIZE: u8 = 4;
 pub const CHANNEL_CLOSE: u8 = 255;
+
+/// The header of a proxy request on the tunnel that carries the [`ProxyRequest`] as JSON.
+pub const PROXY_HEADER: &str = "x-cairn-proxy";
 
 /// The header of an exec request on the tunnel that carries the [`ExecRequest`] as JSON.
 pub const EXEC_HEADER: &str = "x-cairn-exec";
@@ -58,6 +65,35 @@ pub struct ExecRequest {
     pub stdout: bool,
     pub stderr: bool,
     pub tty: bool,
+}
+
+/// One HTTP request for a pod's port, relayed by its node.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProxyRequest {
+    pub namespace: String,
+    pub pod: String,
+    pub port: u16,
+    /// The path and query to ask the pod for (`/`, `/metrics?x=1`).
+    pub path: String,
+}
+
+/// Headers that belong to one connection and are not relayed (RFC 9110 §7.6.1), and the
+/// client's credentials for the API server, which are not the pod's business.
+pub fn is_relayed_header(name: &str) -> bool {
+    !matches!(
+        name.to_ascii_lowercase().as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "transfer-encoding"
+            | "upgrade"
+            | "te"
+            | "trailer"
+            | "host"
+            | "authorization"
+            | "proxy-authorization"
+    )
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
