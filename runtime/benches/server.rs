@@ -6,6 +6,8 @@
 //! - LIST of 5,000 objects, p50/p99
 //! - 100 watchers: delay from a create request to each watcher receiving its event, p99
 //! - server RSS idle and with 5,000 objects; stripped binary size
+//! - RSS under load (500 open watches and a 2,000-request burst of lists, gets and patches
+//!   over the 5,000 objects), its peak, and 30 s after the load ended, against idle
 
 #[path = "../tests/common/http.rs"]
 mod http;
@@ -23,6 +25,8 @@ const CLIENTS: usize = 16;
 const WATCHERS: usize = 100;
 const WATCH_EVENTS: usize = 50;
 const LISTS: usize = 30;
+const LOAD_WATCHES: usize = 500;
+const BURST: usize = 2_000;
 
 struct Server {
     child: Child,
@@ -255,6 +259,9 @@ fn main() {
     }
     delivery_ms.sort_by(|a, b| a.total_cmp(b));
 
+    drop(watchers);
+    let load = load_memory(&server, rss_idle);
+
     let binary_bytes = std::fs::metadata(&binary).map(|m| m.len()).unwrap_or(0);
     let ratio = create_per_sec / raw_per_sec;
     let result = serde_json::json!({
@@ -273,6 +280,7 @@ fn main() {
         },
         "rss_kib": {"idle": rss_idle, "with_5000_objects": rss_loaded, "target_idle_kib": 40 * 1024},
         "binary": {"host_stripped_bytes": binary_bytes, "target_bytes": 20 * 1024 * 1024},
+        "rss_under_load": load,
     });
     if let Some(parent) = out.parent() {
         std::fs::create_dir_all(parent).expect("results dir");
@@ -280,5 +288,117 @@ fn main() {
     let text = serde_json::to_string_pretty(&result).expect("json") + "\n";
     std::fs::write(&out, &text).expect("write results");
     print!("{text}");
-    let _ = watchers;
+}
+
+/// A watch on the bench namespace from now on, read until the server or `stop` ends it.
+fn open_watch(
+    server: &Server,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<usize> {
+    let tcp = TcpStream::connect(("127.0.0.1", server.port)).expect("connect");
+    tcp.set_read_timeout(Some(Duration::from_millis(500)))
+        .expect("timeout");
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").expect("name");
+    let c = rustls::ClientConnection::new(server.tls.clone(), name).expect("tls");
+    let mut s = rustls::StreamOwned::new(c, tcp);
+    write!(
+        s,
+        "GET /api/v1/namespaces/bench/configmaps?watch=true&resourceVersion=0&allowWatchBookmarks=true&timeoutSeconds=300 HTTP/1.0\r\nAuthorization: Bearer {}\r\n\r\n",
+        server.token
+    )
+    .expect("watch request");
+    std::thread::spawn(move || {
+        let mut r = BufReader::new(s);
+        let mut line = String::new();
+        let mut events = 0;
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            match r.read_line(&mut line) {
+                Ok(0) => break,
+                Ok(_) => events += 1,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(_) => break,
+            }
+            line.clear();
+        }
+        events
+    })
+}
+
+/// RSS while 500 watches are open and 2,000 requests hit the 5,000 objects from 16
+/// clients (every fourth a full LIST, a quarter label patches every watcher sees, the
+/// rest GETs), sampled every 50 ms; then 30 s after the watches closed.
+fn load_memory(server: &Arc<Server>, rss_idle: u64) -> serde_json::Value {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    eprintln!("bench: {LOAD_WATCHES} watches and a {BURST}-request burst");
+    let pid = server.child.id();
+    let peak = Arc::new(AtomicU64::new(rss_kib(pid)));
+    let sampling = Arc::new(AtomicBool::new(true));
+    let sampler = {
+        let (peak, sampling) = (peak.clone(), sampling.clone());
+        std::thread::spawn(move || {
+            while sampling.load(Ordering::Relaxed) {
+                peak.fetch_max(rss_kib(pid), Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        })
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let watches: Vec<_> = (0..LOAD_WATCHES)
+        .map(|_| open_watch(server, stop.clone()))
+        .collect();
+    std::thread::sleep(Duration::from_secs(2));
+    let rss_watching = rss_kib(pid);
+    let start = Instant::now();
+    let handles: Vec<_> = (0..CLIENTS)
+        .map(|c| {
+            let server = server.clone();
+            std::thread::spawn(move || {
+                let mut conn = Conn::open(server.port, &server.tls, &server.token);
+                for i in (c..BURST).step_by(CLIENTS) {
+                    let name = format!("cm-{}", (i * 7919) % OBJECTS);
+                    let (status, _) = match i % 4 {
+                        0 => conn.request("GET", "/api/v1/namespaces/bench/configmaps", b""),
+                        1 => conn.request_with(
+                            "PATCH",
+                            &format!("/api/v1/namespaces/bench/configmaps/{name}"),
+                            "application/merge-patch+json",
+                            format!(r#"{{"metadata":{{"labels":{{"burst":"{i}"}}}}}}"#).as_bytes(),
+                        ),
+                        _ => conn.request(
+                            "GET",
+                            &format!("/api/v1/namespaces/bench/configmaps/{name}"),
+                            b"",
+                        ),
+                    };
+                    assert_eq!(status, 200, "burst request {i}");
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().expect("burst client");
+    }
+    let burst_secs = start.elapsed().as_secs_f64();
+    std::thread::sleep(Duration::from_secs(2));
+    stop.store(true, Ordering::Relaxed);
+    let events: usize = watches.into_iter().map(|w| w.join().unwrap_or(0)).sum();
+    sampling.store(false, Ordering::Relaxed);
+    let _ = sampler.join();
+    let peak_kib = peak.load(Ordering::Relaxed);
+    eprintln!("bench: 30 s after the load");
+    std::thread::sleep(Duration::from_secs(30));
+    let after = rss_kib(pid);
+    serde_json::json!({
+        "watches": LOAD_WATCHES, "requests": BURST, "burst_secs": burst_secs,
+        "watch_lines_received": events,
+        "idle_kib": rss_idle,
+        "with_watches_open_kib": rss_watching,
+        "peak_kib": peak_kib, "target_peak_kib": 128 * 1024,
+        "after_30s_kib": after,
+        "after_30s_ratio_to_idle": after as f64 / rss_idle.max(1) as f64, "target_after_ratio": 2.0,
+    })
 }

@@ -837,33 +837,6 @@ fn pods_are_bound_through_the_binding_subresource() {
     assert!(String::from_utf8_lossy(&again.stderr).contains("Conflict"));
 }
 
-/// The kubectl binaries the dispatcher behind `/usr/bin/kubectl` carries, beside it.
-fn kubectl_versions() -> Vec<std::path::PathBuf> {
-    let real = std::fs::canonicalize(which("kubectl")).expect("kubectl resolves");
-    let dir = real.parent().expect("kubectl's directory");
-    let mut found: Vec<std::path::PathBuf> = std::fs::read_dir(dir)
-        .expect("kubectl's directory")
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("kubectl.1."))
-        })
-        .collect();
-    found.sort();
-    found
-}
-
-fn which(tool: &str) -> std::path::PathBuf {
-    std::env::var_os("PATH")
-        .into_iter()
-        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .map(|d| d.join(tool))
-        .find(|p| p.exists())
-        .unwrap_or_else(|| panic!("{tool} is not on PATH: run 'make deps'"))
-}
-
 #[test]
 fn openapi_serves_the_real_schemas_to_kubectl() {
     let s = Server::start();
@@ -942,7 +915,7 @@ fn openapi_serves_the_real_schemas_to_kubectl() {
         "{log}"
     );
     // Every kubectl the machine has reads both documents.
-    let versions = kubectl_versions();
+    let versions = common::kubectl_versions();
     assert!(versions.len() >= 2, "{versions:?}");
     let file = s.dir.path().join("web.yaml");
     std::fs::write(&file, manifest("4", "nginx")).expect("manifest");

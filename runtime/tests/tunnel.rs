@@ -116,6 +116,101 @@ impl NodeStreams for LocalStreams {
     async fn pod_ip(&self, _namespace: &str, _pod: &str) -> Result<String, StreamError> {
         Ok("127.0.0.1".into())
     }
+
+    /// The test host's loopback stands in for the pod's.
+    async fn connect_port(
+        &self,
+        _namespace: &str,
+        _pod: &str,
+        port: u16,
+    ) -> Result<tokio::net::TcpStream, StreamError> {
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .map_err(|e| {
+                StreamError::Internal(format!("failed to connect to localhost:{port}: {e}"))
+            })
+    }
+}
+
+/// A TCP service on 127.0.0.1 standing in for a pod's port: it sends back what it gets,
+/// and `bye` once the client has closed its side.
+fn tcp_echo() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut conn = conn;
+                let mut buf = [0u8; 16 << 10];
+                while let Ok(n) = conn.read(&mut buf) {
+                    if n == 0 {
+                        let _ = conn.write_all(b"bye");
+                        return;
+                    }
+                    if conn.write_all(&buf[..n]).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+/// Starts `kubectl port-forward` and returns it with the local port it listens on.
+fn start_port_forward(cmd: &mut Command) -> (std::process::Child, u16) {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("kubectl port-forward");
+    let mut out = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut out, &mut line).expect("kubectl says where it listens");
+    // "Forwarding from 127.0.0.1:41234 -> 8080"
+    let local = line
+        .split_whitespace()
+        .nth(2)
+        .and_then(|a| a.rsplit(':').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| {
+            let mut err = String::new();
+            let _ = child.stderr.take().map(|mut e| e.read_to_string(&mut err));
+            panic!("kubectl port-forward printed {line:?}: {err}")
+        });
+    // Keep reading stdout so kubectl never blocks on it.
+    std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
+    (child, local)
+}
+
+/// One connection through the forward: `payload` goes there and comes back, then the
+/// half-close reaches the service, whose `bye` comes back before the end.
+fn round_trip(local: u16, payload: &[u8]) {
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", local)).expect("connect");
+    conn.set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    let writer = {
+        let mut conn = conn.try_clone().expect("clone");
+        let payload = payload.to_vec();
+        std::thread::spawn(move || {
+            conn.write_all(&payload).expect("send");
+            conn.shutdown(std::net::Shutdown::Write)
+                .expect("half-close");
+        })
+    };
+    let mut back = Vec::new();
+    conn.read_to_end(&mut back).expect("read back");
+    writer.join().expect("writer");
+    assert_eq!(
+        back.len(),
+        payload.len() + 3,
+        "every byte came back, then bye"
+    );
+    assert!(
+        back[..payload.len()] == *payload,
+        "the bytes came back unchanged"
+    );
+    assert_eq!(&back[payload.len()..], b"bye");
 }
 
 /// An HTTP/1.1 server on 127.0.0.1 standing in for a pod's: it answers every request with
@@ -517,6 +612,101 @@ fn join_then_logs_and_exec_through_the_tunnel() {
     assert!(
         reply.ends_with("GET /through?y=2 HTTP/1.1|x-test=kept|authorization=|body="),
         "{reply}"
+    );
+
+    // port-forward: kubectl checks that the pod runs, then forwards over a SPDY session,
+    // tunnelled in a WebSocket (1.31 and newer) or after an SPDY upgrade (older, or
+    // with the WebSocket path switched off).
+    server.ok(&[
+        "patch",
+        "pod",
+        "web",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        r#"{"status":{"phase":"Running"}}"#,
+    ]);
+    let service = tcp_echo();
+    let big: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
+    let target = format!(":{service}");
+    let versions = common::kubectl_versions();
+    let oldest = versions.first().expect("kubectl versions").clone();
+    for (label, binary, websockets) in [
+        ("WebSocket tunnel", PathBuf::from("kubectl"), "true"),
+        ("SPDY upgrade", PathBuf::from("kubectl"), "false"),
+        ("oldest kubectl", oldest, "true"),
+    ] {
+        let mut cmd =
+            server.kubectl_binary_cmd(&binary, &["port-forward", "-v=4", "pod/web", &target]);
+        cmd.env("KUBECTL_PORT_FORWARD_WEBSOCKETS", websockets);
+        let (mut pf, local) = start_port_forward(&mut cmd);
+        round_trip(local, b"hello");
+        // Several connections at once, each its own pair of streams, one of them large.
+        let together: Vec<_> = (0..3)
+            .map(|i| {
+                let payload = if i == 0 {
+                    big.clone()
+                } else {
+                    format!("conn {i}").into_bytes()
+                };
+                std::thread::spawn(move || round_trip(local, &payload))
+            })
+            .collect();
+        for t in together {
+            t.join()
+                .unwrap_or_else(|_| panic!("{label}: a connection failed"));
+        }
+        let _ = pf.kill();
+        let mut err = String::new();
+        let _ = pf.stderr.take().map(|mut e| e.read_to_string(&mut err));
+        let _ = pf.wait();
+        // kubectl says at -v=4 when it falls back from the WebSocket to the SPDY upgrade.
+        if label == "WebSocket tunnel" {
+            assert!(err.contains("WebSocket Upgrade"), "{label}: {err}");
+            assert!(!err.contains("fallback"), "{label}: {err}");
+        }
+    }
+    // Nothing listens on the port: the connection closes and kubectl names the failure.
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").port()
+    };
+    let (mut pf, local) = start_port_forward(&mut server.kubectl_cmd(&[
+        "port-forward",
+        "pod/web",
+        &format!(":{closed}"),
+    ]));
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", local)).expect("connect");
+    conn.set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    let mut back = Vec::new();
+    let _ = conn.read_to_end(&mut back);
+    assert!(back.is_empty(), "nothing comes from a port nobody serves");
+    std::thread::sleep(Duration::from_millis(500));
+    let _ = pf.kill();
+    let mut err = String::new();
+    let _ = pf.stderr.take().map(|mut e| e.read_to_string(&mut err));
+    let _ = pf.wait();
+    assert!(
+        err.contains(&format!("error forwarding port {closed} to pod web")),
+        "kubectl reports why: {err}"
+    );
+    // A pod that does not run is refused before any upgrade.
+    server.ok(&[
+        "patch",
+        "pod",
+        "web",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        r#"{"status":{"phase":"Pending"}}"#,
+    ]);
+    let out = server.kubectl(&["port-forward", "pod/web", &target]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("pod is not running"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
     drop(rt);
 }

@@ -265,6 +265,17 @@ impl Network {
         self.config.state_dir.join("netns").join(pod_uid)
     }
 
+    /// A connection to `port` on the loopback of the pod's network namespace, as the
+    /// kubelet's runtime makes one for port-forward: `127.0.0.1`, then `::1`.
+    pub async fn connect_in_pod(&self, pod_uid: &str, port: u16) -> Result<tokio::net::TcpStream> {
+        let netns = self.netns_path(pod_uid);
+        let stream = blocking(move || connect_in_netns(&netns, port)).await?;
+        stream
+            .set_nonblocking(true)
+            .and_then(|()| tokio::net::TcpStream::from_std(stream))
+            .map_err(io_err("adopting the forwarded connection".to_string()))
+    }
+
     fn ipam_dir(&self) -> PathBuf {
         self.config.state_dir.join("ipam").join(NETWORK_NAME)
     }
@@ -656,6 +667,33 @@ fn plugin_error_message(stdout: &[u8], stderr: &[u8]) -> String {
     }
     let text = String::from_utf8_lossy(if stdout.is_empty() { stderr } else { stdout });
     text.trim().replace('\n', " ")
+}
+
+/// Connects from inside `netns` on a thread of its own: entering a namespace changes the
+/// calling thread, which then ends instead of going back to a pool. The socket keeps the
+/// namespace it was made in.
+fn connect_in_netns(netns: &Path, port: u16) -> Result<std::net::TcpStream> {
+    let netns = netns.to_path_buf();
+    let what = format!("localhost:{port} inside {}", netns.display());
+    std::thread::Builder::new()
+        .name("cairn-portfwd".into())
+        .spawn(move || -> std::io::Result<std::net::TcpStream> {
+            let ns = std::fs::File::open(&netns)?;
+            rustix::thread::move_into_link_name_space(
+                std::os::fd::AsFd::as_fd(&ns),
+                Some(rustix::thread::LinkNameSpaceType::Network),
+            )?;
+            let timeout = std::time::Duration::from_secs(10);
+            let v4 = std::net::SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+            std::net::TcpStream::connect_timeout(&v4, timeout).or_else(|e| {
+                let v6 = std::net::SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port));
+                std::net::TcpStream::connect_timeout(&v6, timeout).map_err(|_| e)
+            })
+        })
+        .map_err(io_err("starting a thread".to_string()))?
+        .join()
+        .map_err(|_| CniError::Join(format!("connecting to {what} panicked")))?
+        .map_err(io_err(format!("failed to connect to {what}")))
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {

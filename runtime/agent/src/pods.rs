@@ -267,6 +267,43 @@ impl NodeStreams for PodManager {
         ip.ok_or_else(|| StreamError::BadRequest(format!("pod {pod} has no IP yet")))
     }
 
+    async fn connect_port(
+        &self,
+        namespace: &str,
+        pod: &str,
+        port: u16,
+    ) -> Result<tokio::net::TcpStream, StreamError> {
+        let shared = self.find(namespace, pod).await?;
+        let (uid, ready) = {
+            let r = shared.record.lock().await;
+            (r.uid.clone(), r.sandbox_ready)
+        };
+        if !ready {
+            return Err(StreamError::BadRequest(format!(
+                "pod {pod} has no network yet"
+            )));
+        }
+        let host_network = shared
+            .desired
+            .borrow()
+            .as_ref()
+            .and_then(|p| p.pointer("/spec/hostNetwork"))
+            .and_then(serde_json::Value::as_bool)
+            .unwrap_or(false);
+        if host_network {
+            return tokio::net::TcpStream::connect((std::net::Ipv4Addr::LOCALHOST, port))
+                .await
+                .map_err(|e| {
+                    StreamError::Internal(format!("failed to connect to localhost:{port}: {e}"))
+                });
+        }
+        self.ctx
+            .net
+            .connect_in_pod(&uid, port)
+            .await
+            .map_err(|e| StreamError::Internal(e.to_string()))
+    }
+
     async fn logs(&self, req: LogRequest) -> Result<LogStream, StreamError> {
         let shared = self.find(&req.namespace, &req.pod).await?;
         let record = shared.record.lock().await.clone();

@@ -33,6 +33,13 @@ pub trait NodeStreams: Send + Sync + 'static {
     async fn exec(&self, req: ExecRequest, io: ExecIo) -> Result<i32, StreamError>;
     /// The IP of a running pod of this node.
     async fn pod_ip(&self, namespace: &str, pod: &str) -> Result<String, StreamError>;
+    /// A connection to `port` on the pod's own loopback (inside its network namespace).
+    async fn connect_port(
+        &self,
+        namespace: &str,
+        pod: &str,
+        port: u16,
+    ) -> Result<tokio::net::TcpStream, StreamError>;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -140,8 +147,68 @@ pub async fn dispatch(
         ("POST", "/logs") => serve_logs(streams, req).await,
         ("POST", "/exec") => serve_exec(streams, req),
         (_, "/proxy") => serve_proxy(streams, req).await,
+        ("POST", "/portforward") => serve_port_forward(streams, req).await,
         _ => text(StatusCode::NOT_FOUND, "no such tunnel endpoint"),
     }
+}
+
+/// Carries one forwarded connection: the request body to the pod's port, what the port
+/// sends back as the answer; each direction ends on its own (a half-close stays one).
+async fn serve_port_forward(
+    streams: Arc<dyn NodeStreams>,
+    req: Request<Incoming>,
+) -> Response<TunnelBody> {
+    let pf: PortForwardRequest = match req
+        .headers()
+        .get(PORT_FORWARD_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(serde_json::from_str)
+    {
+        Some(Ok(r)) => r,
+        Some(Err(e)) => {
+            return text(
+                StatusCode::BAD_REQUEST,
+                format!("bad port-forward request: {e}"),
+            )
+        }
+        None => {
+            return text(
+                StatusCode::BAD_REQUEST,
+                format!("missing {PORT_FORWARD_HEADER}"),
+            )
+        }
+    };
+    let conn = match streams.connect_port(&pf.namespace, &pf.pod, pf.port).await {
+        Ok(c) => c,
+        Err(e) => return text(e.status(), e.to_string()),
+    };
+    let (from_pod, mut to_pod) = conn.into_split();
+    let mut body = req.into_body();
+    tokio::spawn(async move {
+        use tokio::io::AsyncWriteExt;
+        while let Some(Ok(frame)) = body.frame().await {
+            if let Ok(data) = frame.into_data() {
+                if to_pod.write_all(&data).await.is_err() {
+                    return;
+                }
+            }
+        }
+        // The client closed its side: so does the connection to the pod, for writing.
+        let _ = to_pod.shutdown().await;
+    });
+    let out = futures_util::stream::unfold(from_pod, |mut from_pod| async move {
+        use tokio::io::AsyncReadExt;
+        let mut buf = vec![0u8; 32 << 10];
+        match from_pod.read(&mut buf).await {
+            Ok(0) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some((Ok(Frame::data(Bytes::from(buf))), from_pod))
+            }
+            Err(e) => Some((Err(e), from_pod)),
+        }
+    });
+    Response::new(StreamBody::new(out).boxed_unsync())
 }
 
 /// Relays one HTTP request to a pod's port (HTTP/1.1, one connection per request).

@@ -71,6 +71,7 @@ fn subresource_info(
         "eviction" => ("policy", "Eviction", &["create"]),
         "log" => ("", "Pod", &["get"]),
         "exec" => ("", "PodExecOptions", &["create", "get"]),
+        "portforward" => ("", "PodPortForwardOptions", &["create", "get"]),
         "proxy" if r.kind == "Service" => (
             "",
             "ServiceProxyOptions",

@@ -206,6 +206,11 @@ struct ContinueToken {
     start: String,
 }
 
+/// How many objects a LIST reads from the store at a time. A LIST walks its result page by
+/// page at one revision and encodes each object as it goes, so a large LIST holds its
+/// encoded answer and one page of objects, never every object decoded at once.
+const LIST_PAGE: usize = 250;
+
 async fn list(store: &Arc<dyn Store>, req: &Request<'_>) -> Result<Response, ApiError> {
     let r = req.target.resource;
     let filters = Filters::parse(req)?;
@@ -216,7 +221,7 @@ async fn list(store: &Arc<dyn Store>, req: &Request<'_>) -> Result<Response, Api
             .map_err(|_| ApiError::bad_request(format!("invalid limit {l:?}")))?,
         None => 0,
     };
-    let (at, start_after) = match req.query.get("continue").filter(|c| !c.is_empty()) {
+    let (mut at, mut cursor) = match req.query.get("continue").filter(|c| !c.is_empty()) {
         Some(c) => {
             let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
                 .decode(c)
@@ -227,46 +232,96 @@ async fn list(store: &Arc<dyn Store>, req: &Request<'_>) -> Result<Response, Api
         }
         None => (None, None),
     };
-    let result = store
-        .list(&prefix, start_after.as_deref(), limit, at)
-        .await
-        .map_err(|e| match e {
-            StoreError::Compacted { .. } => ApiError::gone(
-                "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter.",
-            ),
-            e => store_error(e, r, ""),
-        })?;
-    let mut items = Vec::with_capacity(result.records.len());
-    for rec in &result.records {
-        let obj = decode_for(r, rec)?;
-        if filters.matches(&obj) {
-            items.push(obj);
+    let table = super::table::wants_table(&req.accept);
+    // Tables need every row's object; plain lists are encoded item by item.
+    let mut objects = Vec::new();
+    let mut encoded = Vec::new();
+    let mut count = 0usize;
+    let mut more;
+    let mut revision;
+    loop {
+        let want = if limit == 0 {
+            LIST_PAGE
+        } else {
+            (limit - count).min(LIST_PAGE)
+        };
+        let page = store
+            .list(&prefix, cursor.as_deref(), want, at)
+            .await
+            .map_err(|e| match e {
+                StoreError::Compacted { .. } => ApiError::gone(
+                    "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter.",
+                ),
+                e => store_error(e, r, ""),
+            })?;
+        revision = page.revision;
+        at = Some(revision);
+        more = page.more;
+        for rec in page.records {
+            let obj = decode_for(r, &rec)?;
+            cursor = Some(rec.key);
+            if !filters.matches(&obj) {
+                continue;
+            }
+            count += 1;
+            if table {
+                objects.push(obj);
+            } else {
+                if count > 1 {
+                    encoded.push(b',');
+                }
+                serde_json::to_writer(&mut encoded, &obj)
+                    .map_err(|e| ApiError::internal(e.to_string()))?;
+            }
+        }
+        // With a limit, kube-apiserver keeps reading until it has that many matching
+        // objects or the store has no more.
+        if !more || (limit != 0 && count >= limit) {
+            break;
         }
     }
-    let mut metadata = json!({"resourceVersion": result.revision.to_string()});
-    if result.more {
-        if let Some(last) = result.records.last() {
+    let mut metadata = json!({"resourceVersion": revision.to_string()});
+    if more {
+        if let Some(last) = cursor {
             let tok = ContinueToken {
-                rv: result.revision,
-                start: last.key.clone(),
+                rv: revision,
+                start: last,
             };
             let raw = serde_json::to_vec(&tok).map_err(|e| ApiError::internal(e.to_string()))?;
             metadata["continue"] =
                 json!(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw));
         }
     }
-    let list = json!({
+    let head = json!({
         "kind": format!("{}List", r.kind),
         "apiVersion": r.api_version(),
         "metadata": metadata,
-        "items": items,
     });
-    let list = super::table::respond(r, &req.accept, &req.query, list);
-    Ok(json_response(StatusCode::OK, &list))
+    if table {
+        let mut list = head;
+        list["items"] = Value::Array(objects);
+        let list = super::table::respond(r, &req.accept, &req.query, list);
+        return Ok(json_response(StatusCode::OK, &list));
+    }
+    // `{"kind":…,"apiVersion":…,"metadata":{…},"items":[…]}` with the items already encoded.
+    let mut body = serde_json::to_vec(&head).map_err(|e| ApiError::internal(e.to_string()))?;
+    body.pop();
+    body.reserve(encoded.len() + 12);
+    body.extend_from_slice(br#","items":["#);
+    body.extend_from_slice(&encoded);
+    drop(encoded);
+    body.extend_from_slice(b"]}");
+    Ok((
+        StatusCode::OK,
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        body,
+    )
+        .into_response())
 }
 
-/// How many objects a watch lists at a time for its initial ADDED events.
-const WATCH_PAGE: usize = 500;
+/// How many objects a watch lists at a time for its initial ADDED events: small, since
+/// every open watch holds one page while its client takes it.
+const WATCH_PAGE: usize = 100;
 
 fn watch_event(kind: &str, obj: &Value) -> bytes::Bytes {
     let mut line = serde_json::to_vec(&json!({"type": kind, "object": obj})).unwrap_or_default();
@@ -299,7 +354,8 @@ async fn watch(store: &Arc<dyn Store>, req: &Request<'_>) -> Result<Response, Ap
         })
         .transpose()?;
 
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(64);
+    // A few encoded events ahead of the client; a slow client holds no more than these.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(16);
     // Without a resourceVersion the watch starts with the current objects as ADDED events,
     // listed page by page as the client takes them (never the whole backlog in memory).
     let mut first_page = None;

@@ -45,7 +45,7 @@ pub struct Api {
 /// The pod subresources that stream from the pod's node rather than from the store.
 #[async_trait::async_trait]
 pub trait PodStreams: Send + Sync {
-    /// Answers `pods/{name}/{subresource}` in `namespace` (`log` or `exec`).
+    /// Answers `pods/{name}/{subresource}` in `namespace` (`log`, `exec` or `portforward`).
     async fn serve(
         &self,
         namespace: &str,
@@ -213,8 +213,8 @@ impl Api {
         if rest.len() > 3 {
             return ApiError::not_found_path().into_response();
         }
-        // Logs and exec stream from the pod's node through its tunnel.
-        if let (true, Some(ns), Some(name), Some(sub @ ("log" | "exec"))) = (
+        // Logs, exec and port-forward stream from the pod's node through its tunnel.
+        if let (true, Some(ns), Some(name), Some(sub @ ("log" | "exec" | "portforward"))) = (
             group.is_empty() && *plural == "pods",
             namespace,
             rest.get(1),

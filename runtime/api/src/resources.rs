@@ -71,7 +71,15 @@ pub const RESOURCES: &[Resource] = &[
             "status.podIP",
             "status.nominatedNodeName",
         ],
-        subresources: &["status", "binding", "log", "exec", "eviction", "proxy"],
+        subresources: &[
+            "status",
+            "binding",
+            "log",
+            "exec",
+            "portforward",
+            "eviction",
+            "proxy",
+        ],
         categories: &["all"],
         ..R
     },

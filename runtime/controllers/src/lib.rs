@@ -209,7 +209,7 @@ async fn merged_watch(
     store: &Arc<dyn Store>,
     prefixes: &[String],
     after: Revision,
-) -> Result<(mpsc::Receiver<Option<Event>>, Vec<JoinHandle<()>>)> {
+) -> Result<(mpsc::Receiver<Option<Arc<Event>>>, Vec<JoinHandle<()>>)> {
     let (tx, rx) = mpsc::channel(1024);
     let mut tasks: Vec<JoinHandle<()>> = Vec::new();
     for prefix in prefixes {

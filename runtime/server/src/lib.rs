@@ -5,7 +5,10 @@ pub mod csrsigning;
 pub mod front;
 pub mod health;
 pub mod join;
+pub mod memory;
 pub mod pki;
+pub mod portforward;
+pub mod spdy;
 pub mod tokens;
 pub mod tunnel;
 
@@ -302,6 +305,7 @@ pub async fn run(opts: ServerOptions) -> Result<()> {
         store.clone(),
         cairn_controllers::LoopOptions::default(),
     );
+    memory::spawn_trimmer();
     let tunnels = tunnel::Tunnels::default();
     let api = Arc::new(front::Front {
         api: Api {

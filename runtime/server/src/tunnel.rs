@@ -227,7 +227,7 @@ async fn resolve(
     })
 }
 
-fn tunnel_to(tunnels: &Tunnels, node: &str) -> Result<SendRequest<Body>, ApiError> {
+pub(crate) fn tunnel_to(tunnels: &Tunnels, node: &str) -> Result<SendRequest<Body>, ApiError> {
     tunnels
         .get(node)
         .ok_or_else(|| ApiError::unavailable(format!("node {node} is not connected")))
@@ -252,6 +252,7 @@ impl cairn_api::PodStreams for TunnelPodStreams {
         let result = match subresource {
             "log" => logs(store, tunnels, namespace, name, req).await,
             "exec" => exec(store, tunnels, namespace, name, req).await,
+            "portforward" => crate::portforward::serve(store, tunnels, namespace, name, req).await,
             _ => Err(ApiError::not_found_path()),
         };
         result.unwrap_or_else(IntoResponse::into_response)
@@ -295,7 +296,7 @@ fn split_proxy_name(name: &str) -> Result<(&str, Option<&str>), ApiError> {
     Ok((name, port))
 }
 
-async fn get_object(
+pub(crate) async fn get_object(
     store: &Arc<dyn Store>,
     plural: &str,
     namespace: &str,
@@ -461,7 +462,7 @@ async fn relay_http(
 }
 
 /// The message of an error answer from the agent.
-async fn agent_error(res: hyper::Response<hyper::body::Incoming>) -> ApiError {
+pub(crate) async fn agent_error(res: hyper::Response<hyper::body::Incoming>) -> ApiError {
     let status = res.status();
     let body = http_body_util::Limited::new(res.into_body(), 64 * 1024)
         .collect()

@@ -17,6 +17,7 @@ mod tests;
 pub use sqlite::SqliteStore;
 
 use async_trait::async_trait;
+use std::sync::Arc;
 use tokio::sync::mpsc;
 
 /// A global revision: the id of the row a write appended. Revisions only grow; 0 means "before
@@ -132,11 +133,12 @@ pub trait Store: Send + Sync + 'static {
     /// no duplicate. `Err(Compacted)` if `after` is older than the compacted revision. The
     /// channel closes when the watcher falls too far behind (or the store shuts down); the
     /// caller then re-lists and watches again (the API answers such a watch with 410 Gone).
+    /// Events are shared: every watcher of a commit holds the same one, not a copy.
     async fn watch(
         &self,
         prefix: &str,
         after: Revision,
-    ) -> Result<mpsc::Receiver<Event>, StoreError>;
+    ) -> Result<mpsc::Receiver<Arc<Event>>, StoreError>;
 
     /// Removes rows that are superseded, and tombstones, at or below `current - keep_revisions`
     /// and records that revision as compacted. Returns the compacted revision.

@@ -356,7 +356,7 @@ impl Store for SqliteStore {
         &self,
         prefix: &str,
         after: Revision,
-    ) -> Result<mpsc::Receiver<Event>, StoreError> {
+    ) -> Result<mpsc::Receiver<Arc<Event>>, StoreError> {
         if after < 0 {
             return Err(StoreError::InvalidArgument(format!(
                 "watch after negative revision {after}"
@@ -419,7 +419,7 @@ struct Watchers {
 struct WatchSlot {
     id: u64,
     prefix: String,
-    live: mpsc::Sender<Event>,
+    live: mpsc::Sender<Arc<Event>>,
 }
 
 impl Watchers {
@@ -428,7 +428,7 @@ impl Watchers {
         self.slots.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn add(&self, prefix: String, live: mpsc::Sender<Event>) -> u64 {
+    fn add(&self, prefix: String, live: mpsc::Sender<Arc<Event>>) -> u64 {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         self.slots().push(WatchSlot { id, prefix, live });
         id
@@ -440,7 +440,7 @@ impl Watchers {
 
     /// Hands committed events to every matching watcher without waiting; a watcher whose
     /// buffer is full is dropped (its channel closes once it has taken what is buffered).
-    fn publish(&self, events: &[Event]) {
+    fn publish(&self, events: &[Arc<Event>]) {
         if events.is_empty() {
             return;
         }
@@ -483,14 +483,14 @@ impl Drop for Registration {
 async fn forward(
     _registration: Registration,
     backlog: Vec<Event>,
-    mut live: mpsc::Receiver<Event>,
-    out: mpsc::Sender<Event>,
+    mut live: mpsc::Receiver<Arc<Event>>,
+    out: mpsc::Sender<Arc<Event>>,
     after: Revision,
 ) {
     let mut last = after;
     for event in backlog {
         last = event.record.revision;
-        if out.send(event).await.is_err() {
+        if out.send(Arc::new(event)).await.is_err() {
             return;
         }
     }
@@ -987,7 +987,7 @@ impl Writer {
             match outcome {
                 Outcome::Write(reply, Ok(event)) => {
                     replies.push((reply, Ok(event.record.clone())));
-                    events.push(event);
+                    events.push(Arc::new(event));
                 }
                 Outcome::Write(reply, Err(e)) => replies.push((reply, Err(e))),
                 Outcome::Compact(reply, result) => drop(reply.send(result)),

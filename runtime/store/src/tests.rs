@@ -43,11 +43,12 @@ fn keys(list: &ListResult) -> Vec<&str> {
 }
 
 /// The next event, failing the test if none comes within 10 s.
-async fn next_event(rx: &mut tokio::sync::mpsc::Receiver<Event>) -> Event {
-    tokio::time::timeout(Duration::from_secs(10), rx.recv())
+async fn next_event(rx: &mut tokio::sync::mpsc::Receiver<std::sync::Arc<Event>>) -> Event {
+    let shared = tokio::time::timeout(Duration::from_secs(10), rx.recv())
         .await
         .expect("timed out waiting for an event")
-        .expect("watch channel closed")
+        .expect("watch channel closed");
+    std::sync::Arc::unwrap_or_clone(shared)
 }
 
 #[test]

@@ -110,7 +110,12 @@ impl Server {
     }
 
     pub fn kubectl_cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new("kubectl");
+        self.kubectl_binary_cmd(Path::new("kubectl"), args)
+    }
+
+    /// [`Server::kubectl_cmd`] with a given kubectl binary (one of [`kubectl_versions`]).
+    pub fn kubectl_binary_cmd(&self, binary: &Path, args: &[&str]) -> Command {
+        let mut c = Command::new(binary);
         c.env("KUBECONFIG", &self.kubeconfig)
             .arg("--cache-dir")
             .arg(self.dir.path().join("kube-cache"))
@@ -204,4 +209,31 @@ pub fn python() -> PathBuf {
         p.display()
     );
     p
+}
+
+/// The kubectl binaries the dispatcher behind `/usr/bin/kubectl` carries, beside it.
+pub fn kubectl_versions() -> Vec<PathBuf> {
+    let real = std::fs::canonicalize(which("kubectl")).expect("kubectl resolves");
+    let dir = real.parent().expect("kubectl's directory");
+    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
+        .expect("kubectl's directory")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("kubectl.1."))
+        })
+        .collect();
+    found.sort();
+    found
+}
+
+pub fn which(tool: &str) -> PathBuf {
+    std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|d| d.join(tool))
+        .find(|p| p.exists())
+        .unwrap_or_else(|| panic!("{tool} is not on PATH: run 'make deps'"))
 }

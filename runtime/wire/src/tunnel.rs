@@ -14,6 +14,11 @@
 //!   request (its method, headers and body) to the pod's IP and port over HTTP/1.1 and
 //!   answers with the pod's answer (`pods/proxy`, `services/proxy`); 502 with the reason
 //!   when the pod cannot be reached.
+//! - `POST /portforward`, header `x-cairn-portforward` = [`PortForwardRequest`] JSON: the
+//!   agent connects to the port on the pod's loopback, inside its network namespace (as the
+//!   kubelet's runtime does); the request body is what goes to the port, the answer (200)
+//!   what comes from it, until either side closes; an error status with the reason when the
+//!   port cannot be reached.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use hyper::StatusCode;
@@ -28,6 +33,10 @@ pub const CHANNEL_CLOSE: u8 = 255;
 
 /// The header of a proxy request on the tunnel that carries the [`ProxyRequest`] as JSON.
 pub const PROXY_HEADER: &str = "x-cairn-proxy";
+
+/// The header of a port-forward request on the tunnel that carries the
+/// [`PortForwardRequest`] as JSON.
+pub const PORT_FORWARD_HEADER: &str = "x-cairn-portforward";
 
 /// The header of an exec request on the tunnel that carries the [`ExecRequest`] as JSON.
 pub const EXEC_HEADER: &str = "x-cairn-exec";
@@ -76,6 +85,15 @@ pub struct ProxyRequest {
     pub port: u16,
     /// The path and query to ask the pod for (`/`, `/metrics?x=1`).
     pub path: String,
+}
+
+/// One connection to a pod's port, forwarded by its node.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PortForwardRequest {
+    pub namespace: String,
+    pub pod: String,
+    pub port: u16,
 }
 
 /// Headers that belong to one connection and are not relayed (RFC 9110 §7.6.1), and the
