@@ -9,6 +9,7 @@ use cairn_agent::{cni, containerd::Containerd};
 use common::containerd::{busybox_archive, TestContainerd};
 use common::Server;
 use serde_json::Value;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -500,6 +501,36 @@ fn pods_services_dns_logs_exec_and_a_second_node() {
     );
     let failed = server.kubectl(&["exec", first, "--", "sh", "-c", "exit 3"]);
     assert_eq!(failed.status.code(), Some(3));
+
+    // port-forward reaches the pod's own loopback, inside its network namespace: a server
+    // there that listens on 127.0.0.1 only.
+    server.ok(&[
+        "exec",
+        first,
+        "--",
+        "httpd",
+        "-p",
+        "127.0.0.1:9090",
+        "-h",
+        "/www",
+    ]);
+    let (mut pf, local) =
+        common::start_port_forward(&mut server.kubectl_cmd(&["port-forward", first, ":9090"]));
+    let page = (|| {
+        let mut conn = std::net::TcpStream::connect(("127.0.0.1", local)).ok()?;
+        conn.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
+        conn.write_all(b"GET / HTTP/1.0\r\n\r\n").ok()?;
+        let mut page = String::new();
+        conn.read_to_string(&mut page).ok()?;
+        Some(page)
+    })();
+    let _ = pf.kill();
+    let _ = pf.wait();
+    let page = page.unwrap_or_default();
+    assert!(
+        page.contains("hello from"),
+        "port-forward to 127.0.0.1:9090 in {first}: {page:?}"
+    );
 
     // A Service's ClusterIP and DNS name reach its pods from another pod, on both nodes.
     let ip = server.ok(&["get", "svc", "web", "-o", "jsonpath={.spec.clusterIP}"]);

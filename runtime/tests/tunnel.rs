@@ -157,32 +157,6 @@ fn tcp_echo() -> u16 {
     port
 }
 
-/// Starts `kubectl port-forward` and returns it with the local port it listens on.
-fn start_port_forward(cmd: &mut Command) -> (std::process::Child, u16) {
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("kubectl port-forward");
-    let mut out = std::io::BufReader::new(child.stdout.take().expect("stdout"));
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut out, &mut line).expect("kubectl says where it listens");
-    // "Forwarding from 127.0.0.1:41234 -> 8080"
-    let local = line
-        .split_whitespace()
-        .nth(2)
-        .and_then(|a| a.rsplit(':').next())
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| {
-            let mut err = String::new();
-            let _ = child.stderr.take().map(|mut e| e.read_to_string(&mut err));
-            panic!("kubectl port-forward printed {line:?}: {err}")
-        });
-    // Keep reading stdout so kubectl never blocks on it.
-    std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
-    (child, local)
-}
-
 /// One connection through the forward: `payload` goes there and comes back, then the
 /// half-close reaches the service, whose `bye` comes back before the end.
 fn round_trip(local: u16, payload: &[u8]) {
@@ -639,7 +613,7 @@ fn join_then_logs_and_exec_through_the_tunnel() {
         let mut cmd =
             server.kubectl_binary_cmd(&binary, &["port-forward", "-v=4", "pod/web", &target]);
         cmd.env("KUBECTL_PORT_FORWARD_WEBSOCKETS", websockets);
-        let (mut pf, local) = start_port_forward(&mut cmd);
+        let (mut pf, local) = common::start_port_forward(&mut cmd);
         round_trip(local, b"hello");
         // Several connections at once, each its own pair of streams, one of them large.
         let together: Vec<_> = (0..3)
@@ -671,7 +645,7 @@ fn join_then_logs_and_exec_through_the_tunnel() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         l.local_addr().expect("addr").port()
     };
-    let (mut pf, local) = start_port_forward(&mut server.kubectl_cmd(&[
+    let (mut pf, local) = common::start_port_forward(&mut server.kubectl_cmd(&[
         "port-forward",
         "pod/web",
         &format!(":{closed}"),

@@ -6,6 +6,7 @@
 pub mod containerd;
 pub mod http;
 
+use std::io::{BufRead, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -236,4 +237,30 @@ pub fn which(tool: &str) -> PathBuf {
         .map(|d| d.join(tool))
         .find(|p| p.exists())
         .unwrap_or_else(|| panic!("{tool} is not on PATH: run 'make deps'"))
+}
+
+/// Starts `kubectl port-forward` and returns it with the local port it listens on.
+pub fn start_port_forward(cmd: &mut Command) -> (std::process::Child, u16) {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("kubectl port-forward");
+    let mut out = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    BufRead::read_line(&mut out, &mut line).expect("kubectl says where it listens");
+    // "Forwarding from 127.0.0.1:41234 -> 8080"
+    let local = line
+        .split_whitespace()
+        .nth(2)
+        .and_then(|a| a.rsplit(':').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| {
+            let mut err = String::new();
+            let _ = child.stderr.take().map(|mut e| e.read_to_string(&mut err));
+            panic!("kubectl port-forward printed {line:?}: {err}")
+        });
+    // Keep reading stdout so kubectl never blocks on it.
+    std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
+    (child, local)
 }
