@@ -296,7 +296,8 @@ fn open_watch(
     stop: Arc<std::sync::atomic::AtomicBool>,
 ) -> std::thread::JoinHandle<usize> {
     let tcp = TcpStream::connect(("127.0.0.1", server.port)).expect("connect");
-    tcp.set_read_timeout(Some(Duration::from_millis(500)))
+    // The handshake may wait behind hundreds of others; reading then polls `stop`.
+    tcp.set_read_timeout(Some(Duration::from_secs(60)))
         .expect("timeout");
     let name = rustls::pki_types::ServerName::try_from("127.0.0.1").expect("name");
     let c = rustls::ClientConnection::new(server.tls.clone(), name).expect("tls");
@@ -307,6 +308,10 @@ fn open_watch(
         server.token
     )
     .expect("watch request");
+    s.flush().expect("watch request");
+    s.sock
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .expect("timeout");
     std::thread::spawn(move || {
         let mut r = BufReader::new(s);
         let mut line = String::new();

@@ -567,6 +567,104 @@ fn custom_resources_follow_their_structural_schema() {
     );
 }
 
+const POOL_CRD: &str = r#"
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata: {name: pools.example.com}
+spec:
+  group: example.com
+  scope: Namespaced
+  names: {plural: pools, singular: pool, kind: Pool}
+  versions:
+  - name: v1
+    served: true
+    storage: true
+    subresources:
+      status: {}
+      scale: {specReplicasPath: .spec.size, statusReplicasPath: .status.ready, labelSelectorPath: .status.selector}
+    schema:
+      openAPIV3Schema:
+        type: object
+        properties:
+          spec: {type: object, properties: {size: {type: integer, maximum: 10}}}
+          status: {type: object, properties: {ready: {type: integer}, selector: {type: string}}}
+"#;
+
+#[test]
+fn custom_resources_scale_through_their_crds_paths() {
+    let s = Server::start();
+    // A scale subresource whose paths are not under .spec/.status is refused.
+    let bad = POOL_CRD
+        .replace("pools.example.com}", "bad.example.com}")
+        .replace(
+            "specReplicasPath: .spec.size",
+            "specReplicasPath: .metadata.size",
+        );
+    let out = s.with_stdin(&["create", "-f", "-"], &bad);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("spec.versions[0].subresources.scale.specReplicasPath"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    s.ok_stdin(&["apply", "-f", "-"], POOL_CRD);
+    s.ok_stdin(
+        &["apply", "-f", "-"],
+        "apiVersion: example.com/v1\nkind: Pool\nmetadata: {name: p}\nspec: {size: 1}\n",
+    );
+    s.ok(&[
+        "patch",
+        "pool",
+        "p",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        r#"{"status":{"ready":1,"selector":"app=p"}}"#,
+    ]);
+    assert_eq!(
+        s.ok(&["scale", "pool", "p", "--replicas=4"]).trim(),
+        "pool.example.com/p scaled"
+    );
+    assert_eq!(
+        s.ok(&["get", "pool", "p", "-o", "jsonpath={.spec.size}"]),
+        "4"
+    );
+    let scale: serde_json::Value = serde_json::from_str(&s.ok(&[
+        "get",
+        "--raw",
+        "/apis/example.com/v1/namespaces/default/pools/p/scale",
+    ]))
+    .expect("json");
+    assert_eq!(scale["kind"], "Scale");
+    assert_eq!(scale["spec"]["replicas"], 4);
+    assert_eq!(scale["status"]["replicas"], 1);
+    assert_eq!(scale["status"]["selector"], "app=p");
+    // Through scale, the object's own schema still holds.
+    let revision = common::store_revision(&s);
+    let out = s.kubectl(&["scale", "pool", "p", "--replicas=20"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("spec.size"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(common::store_revision(&s), revision, "nothing was written");
+    s.ok(&[
+        "patch",
+        "pool",
+        "p",
+        "--subresource=scale",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"replicas":2}}"#,
+    ]);
+    assert_eq!(
+        s.ok(&["get", "pool", "p", "-o", "jsonpath={.spec.size}"]),
+        "2"
+    );
+}
+
 #[test]
 fn versions_of_a_kind_share_one_stored_object() {
     let s = Server::start();

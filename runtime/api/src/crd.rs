@@ -20,6 +20,8 @@ pub struct CustomSchema {
     pub version: String,
     pub kind: String,
     pub schema: Arc<Value>,
+    /// Where the version's `scale` subresource reads and writes, if it has one.
+    pub scale: Option<crate::scale::ScalePaths>,
 }
 
 /// CRD name → its served versions' schemas.
@@ -94,6 +96,15 @@ pub fn schema_of(group: &str, version: &str, kind: &str) -> Option<Arc<Value>> {
         .find(|c| c.group == group && c.version == version && c.kind == kind)
         .filter(|c| c.schema.is_object())
         .map(|c| c.schema.clone())
+}
+
+/// Where the `scale` subresource of one served custom version reads and writes.
+pub fn scale_paths(group: &str, version: &str, kind: &str) -> Option<crate::scale::ScalePaths> {
+    let all = SCHEMAS.read().unwrap_or_else(|e| e.into_inner());
+    all.values()
+        .flatten()
+        .find(|c| c.group == group && c.version == version && c.kind == kind)
+        .and_then(|c| c.scale.clone())
 }
 
 /// Whether `r` is the CustomResourceDefinition resource itself.
@@ -200,6 +211,7 @@ fn schemas(crd: &Value) -> Vec<CustomSchema> {
                 version: v["name"].as_str()?.to_string(),
                 kind: kind.clone(),
                 schema: Arc::new(v["schema"]["openAPIV3Schema"].clone()),
+                scale: crate::scale::ScalePaths::of_crd_version(v),
             })
         })
         .collect()
@@ -243,6 +255,17 @@ pub fn validate(crd: &Value) -> Result<(), ApiError> {
         causes.push((
             "spec.versions".into(),
             "Invalid value: must have exactly one version marked as storage version".into(),
+        ));
+    }
+    for (i, v) in crd["spec"]["versions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        causes.extend(crate::scale::validate_crd_scale(
+            v,
+            &format!("spec.versions[{i}].subresources.scale"),
         ));
     }
     if causes.is_empty() && name != format!("{plural}.{group}") {

@@ -249,6 +249,7 @@ fn read_or_make_token(path: &std::path::Path) -> Result<String> {
 }
 
 pub async fn run(opts: ServerOptions) -> Result<()> {
+    memory::hold_down();
     std::fs::create_dir_all(&opts.data_dir)
         .with_context(|| format!("creating {}", opts.data_dir.display()))?;
     let pki = pki::load_or_create(&opts.data_dir.join("tls"), &serving_names(&opts))?;
@@ -305,7 +306,6 @@ pub async fn run(opts: ServerOptions) -> Result<()> {
         store.clone(),
         cairn_controllers::LoopOptions::default(),
     );
-    memory::spawn_trimmer();
     let tunnels = tunnel::Tunnels::default();
     let api = Arc::new(front::Front {
         api: Api {

@@ -368,12 +368,19 @@ impl Store for SqliteStore {
             id: self.watchers.add(prefix.to_owned(), live_tx),
             watchers: Arc::clone(&self.watchers),
         };
+        // The first page now, so that a compacted revision is the caller's error; the rest
+        // as the watcher takes it.
         let owned_prefix = prefix.to_owned();
-        let backlog = self
-            .read(move |conn| backlog(conn, &owned_prefix, after))
+        let first = self
+            .read(move |conn| backlog_page(conn, &owned_prefix, after))
             .await?;
-        debug!(prefix, after, backlog = backlog.len(), "watch started");
+        debug!(prefix, after, first_page = first.len(), "watch started");
         let (out_tx, out_rx) = mpsc::channel(self.options.watch_buffer);
+        let backlog = Backlog {
+            readers: Arc::clone(&self.readers),
+            prefix: prefix.to_owned(),
+            page: first,
+        };
         tokio::spawn(forward(registration, backlog, live_rx, out_tx, after));
         Ok(out_rx)
     }
@@ -479,19 +486,48 @@ impl Drop for Registration {
     }
 }
 
+/// The events a watcher missed, read a page at a time as it takes them.
+struct Backlog {
+    readers: Arc<ReadPool>,
+    prefix: String,
+    /// The page being delivered; a short one is the last.
+    page: Vec<Event>,
+}
+
 /// Passes the backlog, then the live events after it, to the client's channel.
 async fn forward(
     _registration: Registration,
-    backlog: Vec<Event>,
+    mut backlog: Backlog,
     mut live: mpsc::Receiver<Arc<Event>>,
     out: mpsc::Sender<Arc<Event>>,
     after: Revision,
 ) {
     let mut last = after;
-    for event in backlog {
-        last = event.record.revision;
-        if out.send(Arc::new(event)).await.is_err() {
-            return;
+    loop {
+        let full = backlog.page.len() == BACKLOG_PAGE;
+        for event in std::mem::take(&mut backlog.page) {
+            last = event.record.revision;
+            if out.send(Arc::new(event)).await.is_err() {
+                return;
+            }
+        }
+        if !full {
+            break;
+        }
+        let (readers, prefix) = (Arc::clone(&backlog.readers), backlog.prefix.clone());
+        let next = tokio::task::spawn_blocking(move || {
+            readers.run(|conn| backlog_page(conn, &prefix, last))
+        })
+        .await;
+        match next {
+            Ok(Ok(page)) => backlog.page = page,
+            // Compacted past what was delivered, or unreadable: closing the channel tells
+            // the watcher to list again, as one that fell behind.
+            Ok(Err(e)) => {
+                debug!(error = %e, "watch backlog ended early");
+                return;
+            }
+            Err(_) => return,
         }
     }
     loop {
@@ -759,7 +795,15 @@ impl Row {
 }
 
 /// The events under `prefix` after revision `after`, from one snapshot.
-fn backlog(conn: &mut Connection, prefix: &str, after: Revision) -> Result<Vec<Event>, StoreError> {
+/// How many backlog events a watch reads at a time.
+const BACKLOG_PAGE: usize = 256;
+
+/// The next [`BACKLOG_PAGE`] events under `prefix` after revision `after`.
+fn backlog_page(
+    conn: &mut Connection,
+    prefix: &str,
+    after: Revision,
+) -> Result<Vec<Event>, StoreError> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Deferred)?;
     let compacted = compacted_revision(&tx)?;
     if after < compacted {
@@ -773,10 +817,12 @@ fn backlog(conn: &mut Connection, prefix: &str, after: Revision) -> Result<Vec<E
         sql.push_str(" AND key < :end");
         args.push((":end", end));
     }
-    sql.push_str(" ORDER BY id");
+    sql.push_str(" ORDER BY id LIMIT :page");
+    let page = BACKLOG_PAGE as i64;
+    args.push((":page", &page));
     let mut stmt = tx.prepare_cached(&sql)?;
     let rows = stmt.query_map(args.as_slice(), Row::read)?;
-    let mut events = Vec::new();
+    let mut events = Vec::with_capacity(BACKLOG_PAGE);
     for row in rows {
         events.push(row?.into_event());
     }

@@ -319,6 +319,26 @@ async fn watch_backlog_then_live_in_order() {
     assert_eq!(next_event(&mut from_five).await.record.revision, 8);
 }
 
+/// A backlog longer than the pages it is read in arrives whole and in order, then live
+/// events follow; the watcher's channel holds only a few events at a time.
+#[tokio::test]
+async fn long_backlogs_are_read_page_by_page() {
+    let (_dir, store) = open_temp();
+    for i in 0..700 {
+        store
+            .create(&format!("/p/{i:04}"), i.to_string().into_bytes())
+            .await
+            .unwrap();
+    }
+    let mut rx = store.watch("/p/", 0).await.unwrap();
+    for want in 1..=700 {
+        let e = next_event(&mut rx).await;
+        assert_eq!(e.record.revision, want, "in order, none lost");
+    }
+    store.create("/p/live", b"l".to_vec()).await.unwrap();
+    assert_eq!(next_event(&mut rx).await.record.key, "/p/live");
+}
+
 /// Watches started in the middle of a write burst see every event exactly once, in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_has_no_gap_and_no_duplicate_under_concurrent_writes() {

@@ -549,6 +549,7 @@ mod tests {
                 schema: Arc::new(
                     json!({"type": "object", "properties": {"spec": {"type": "object", "properties": {"size": {"type": "integer"}}}}}),
                 ),
+                scale: None,
             }],
         );
         let defs = all_definitions();

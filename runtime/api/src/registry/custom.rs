@@ -54,6 +54,7 @@ mod tests {
                 schema: Arc::new(json!({"type": "object", "properties": {"spec": {
                     "type": "object", "required": ["size"],
                     "properties": {"size": {"type": "integer", "maximum": 5}, "mode": {"type": "string", "default": "auto"}}}}})),
+                scale: None,
             }],
         );
         let mut obj = json!({"apiVersion": "custom.example.com/v1", "kind": "Thing",
