@@ -532,6 +532,61 @@ fn pods_services_dns_logs_exec_and_a_second_node() {
         "port-forward to 127.0.0.1:9090 in {first}: {page:?}"
     );
 
+    // attach: the container's own stdin and stdout; with stdinOnce, the end of kubectl's
+    // input is the end of the process's, which then finishes.
+    server.ok_stdin(
+        &["apply", "-f", "-"],
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: talker}\nspec:\n  restartPolicy: Never\n  containers:\n  - name: c\n    image: busybox\n    imagePullPolicy: Never\n    stdin: true\n    stdinOnce: true\n    command: [\"sh\", \"-c\", \"while read l; do echo got $l; done; echo done\"]\n",
+    );
+    wait_until(
+        "talker running",
+        Duration::from_secs(60),
+        || json(&server, &["get", "pod", "talker"])["status"]["phase"] == "Running",
+        d,
+    );
+    let talk = {
+        let mut attach = server
+            .kubectl_cmd(&["attach", "-i", "talker"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("kubectl attach");
+        attach
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(b"one\ntwo\n")
+            .expect("input");
+        // The process ends when its input does; a hang is a failure, not a stuck test.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while attach.try_wait().expect("wait").is_none() {
+            if Instant::now() > deadline {
+                let _ = attach.kill();
+                let _ = attach.wait();
+                panic!("kubectl attach did not end with its input\n{}", d());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let mut out = String::new();
+        let _ = attach
+            .stdout
+            .take()
+            .expect("stdout")
+            .read_to_string(&mut out);
+        out
+    };
+    assert!(
+        talk.contains("got one\ngot two\ndone"),
+        "attach carried stdin and stdout: {talk:?}"
+    );
+    wait_until(
+        "talker finished",
+        Duration::from_secs(30),
+        || json(&server, &["get", "pod", "talker"])["status"]["phase"] == "Succeeded",
+        d,
+    );
+
     // A Service's ClusterIP and DNS name reach its pods from another pod, on both nodes.
     let ip = server.ok(&["get", "svc", "web", "-o", "jsonpath={.spec.clusterIP}"]);
     let mut answered = std::collections::HashSet::new();
@@ -722,7 +777,15 @@ fn pods_services_dns_logs_exec_and_a_second_node() {
     // Deleting everything leaves nothing behind on either node.
     server.ok(&["delete", "deployment", "web", "--wait=false"]);
     server.ok(&["delete", "svc", "web"]);
-    server.ok(&["delete", "pod", "client", "setup", "crashy", "--wait=false"]);
+    server.ok(&[
+        "delete",
+        "pod",
+        "client",
+        "setup",
+        "crashy",
+        "talker",
+        "--wait=false",
+    ]);
     wait_until(
         "all pods gone",
         Duration::from_secs(90),

@@ -117,6 +117,13 @@ impl NodeStreams for LocalStreams {
         Ok("127.0.0.1".into())
     }
 
+    async fn attach(&self, _req: ExecRequest, _io: ExecIo) -> Result<(), StreamError> {
+        // This node runs no containers; attach is tested against the real agent.
+        Err(StreamError::BadRequest(
+            "no container runs here to attach to".into(),
+        ))
+    }
+
     /// The test host's loopback stands in for the pod's.
     async fn connect_port(
         &self,

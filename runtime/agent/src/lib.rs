@@ -4,6 +4,7 @@
 //! CNI plugins, programs Services into nftables, answers cluster DNS, and serves logs and exec
 //! to the server over one connection it opens itself (no inbound port on the node).
 
+pub mod attach;
 pub mod cni;
 pub mod containerd;
 mod daemon;

@@ -15,7 +15,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::Mutex;
+use tokio::sync::{broadcast, mpsc, Mutex};
 
 pub struct PodManager {
     ctx: Arc<NodeContext>,
@@ -102,6 +102,9 @@ impl PodManager {
                 .next()
                 .and_then(|a| a.parse().ok())
                 .unwrap_or(c.restart_count);
+            // A container's stdin ended with the agent that held its FIFO's write end (the
+            // shim passed the EOF on), so an adopted one is attachable for output only.
+            let attach = Arc::new(super::attach::Attachable::new(None, false));
             if state.status == containerd::TaskStatus::Running {
                 let fifo_dir = worker::pod_dir(&self.ctx, uid).join("fifo");
                 let stdio = containerd::Stdio {
@@ -118,7 +121,7 @@ impl PodManager {
                     &c.name,
                     attempt,
                 );
-                if let Err(e) = worker::attach_logs(&stdio, &log_path).await {
+                if let Err(e) = worker::attach_logs(&stdio, &log_path, &attach).await {
                     tracing::warn!(%id, error = %e, "re-attaching logs");
                 }
             }
@@ -136,6 +139,7 @@ impl PodManager {
                     started: Instant::now(),
                     started_at,
                     exit,
+                    attach,
                 },
             );
         }
@@ -375,6 +379,92 @@ impl NodeStreams for PodManager {
             &logs::ReadOptions::from_request(&req),
             done_rx,
         ))
+    }
+
+    async fn attach(&self, req: ExecRequest, mut io: ExecIo) -> Result<(), StreamError> {
+        let shared = self.find(&req.namespace, &req.pod).await?;
+        let inst = shared
+            .instances
+            .lock()
+            .await
+            .get(&req.container)
+            .cloned()
+            .filter(|i| i.exit.borrow().is_none())
+            .ok_or_else(|| {
+                StreamError::BadRequest(format!(
+                    "container {} is not running in pod {}",
+                    req.container, req.pod
+                ))
+            })?;
+        let attach = inst.attach.clone();
+        if req.stdin && !attach.takes_stdin().await {
+            return Err(StreamError::BadRequest(format!(
+                "container {} does not take stdin (its spec has no stdin: true, or stdinOnce used it up)",
+                req.container
+            )));
+        }
+        let mut output = attach.subscribe();
+        let input = io.stdin.take().map(|mut rx| {
+            let (attach, ctr, id) = (attach.clone(), self.ctx.ctr.clone(), inst.id.clone());
+            tokio::spawn(async move {
+                while let Some(data) = rx.recv().await {
+                    if !attach.write_stdin(&data).await {
+                        break;
+                    }
+                }
+                if attach.input_ended().await {
+                    if let Err(e) = ctr.close_io(&id, "").await {
+                        tracing::warn!(%id, error = %e, "closing the container's stdin");
+                    }
+                }
+            })
+        });
+        let resizer = {
+            let (ctr, id) = (self.ctx.ctr.clone(), inst.id.clone());
+            let mut resize = std::mem::replace(&mut io.resize, mpsc::channel(1).1);
+            tokio::spawn(async move {
+                while let Some((w, h)) = resize.recv().await {
+                    let _ = ctr.resize_pty(&id, "", w.into(), h.into()).await;
+                }
+            })
+        };
+        let mut exit = inst.exit.clone();
+        loop {
+            tokio::select! {
+                got = output.recv() => match got {
+                    Ok((logs::Stream::Stdout, data)) if req.stdout => {
+                        if io.stdout.send(data).await.is_err() { break; }
+                    }
+                    Ok((logs::Stream::Stderr, data)) if req.stderr => {
+                        if io.stderr.send(data).await.is_err() { break; }
+                    }
+                    Ok(_) => {}
+                    // A slow client misses what it could not take, as on a terminal.
+                    Err(broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(broadcast::error::RecvError::Closed) => break,
+                },
+                () = async { let _ = exit.wait_for(|e| e.is_some()).await; } => {
+                    // What the process wrote last is still on its way through the tee.
+                    while let Ok(Ok((stream, data))) =
+                        tokio::time::timeout(Duration::from_millis(200), output.recv()).await
+                    {
+                        let tx = match stream {
+                            logs::Stream::Stdout if req.stdout => &io.stdout,
+                            logs::Stream::Stderr if req.stderr => &io.stderr,
+                            _ => continue,
+                        };
+                        let _ = tx.send(data).await;
+                    }
+                    break;
+                }
+                _ = io.stdout.closed() => break,
+            }
+        }
+        if let Some(input) = input {
+            input.abort();
+        }
+        resizer.abort();
+        Ok(())
     }
 
     async fn exec(&self, req: ExecRequest, io: ExecIo) -> Result<i32, StreamError> {

@@ -31,6 +31,9 @@ pub trait NodeStreams: Send + Sync + 'static {
     async fn logs(&self, req: LogRequest) -> Result<LogStream, StreamError>;
     /// Runs the command to completion and returns its exit code.
     async fn exec(&self, req: ExecRequest, io: ExecIo) -> Result<i32, StreamError>;
+    /// Connects `io` to the running container's own process (`req.command` is unused)
+    /// until it exits or the client goes.
+    async fn attach(&self, req: ExecRequest, io: ExecIo) -> Result<(), StreamError>;
     /// The IP of a running pod of this node.
     async fn pod_ip(&self, namespace: &str, pod: &str) -> Result<String, StreamError>;
     /// A connection to `port` on the pod's own loopback (inside its network namespace).
@@ -145,7 +148,8 @@ pub async fn dispatch(
 ) -> Response<TunnelBody> {
     match (req.method().as_str(), req.uri().path()) {
         ("POST", "/logs") => serve_logs(streams, req).await,
-        ("POST", "/exec") => serve_exec(streams, req),
+        ("POST", "/exec") => serve_exec(streams, req, false),
+        ("POST", "/attach") => serve_exec(streams, req, true),
         (_, "/proxy") => serve_proxy(streams, req).await,
         ("POST", "/portforward") => serve_port_forward(streams, req).await,
         _ => text(StatusCode::NOT_FOUND, "no such tunnel endpoint"),
@@ -316,7 +320,12 @@ async fn serve_logs(streams: Arc<dyn NodeStreams>, req: Request<Incoming>) -> Re
     }
 }
 
-fn serve_exec(streams: Arc<dyn NodeStreams>, req: Request<Incoming>) -> Response<TunnelBody> {
+/// Exec (a new process) or, with `attach`, the container's own process.
+fn serve_exec(
+    streams: Arc<dyn NodeStreams>,
+    req: Request<Incoming>,
+    attach: bool,
+) -> Response<TunnelBody> {
     let er: ExecRequest = match req
         .headers()
         .get(EXEC_HEADER)
@@ -345,7 +354,14 @@ fn serve_exec(streams: Arc<dyn NodeStreams>, req: Request<Incoming>) -> Response
             resize: resize_rx,
         };
         let forward = forward_output(stdout_rx, stderr_rx, out_tx.clone());
-        let (result, ()) = tokio::join!(streams.exec(er, io), forward);
+        let run = async {
+            if attach {
+                streams.attach(er, io).await.map(|()| 0)
+            } else {
+                streams.exec(er, io).await
+            }
+        };
+        let (result, ()) = tokio::join!(run, forward);
         let status = match result {
             Ok(code) => exit_status(code),
             Err(e) => error_status(&e),

@@ -45,6 +45,8 @@ pub struct Instance {
     pub started_at: String,
     /// Set once the task exited; the worker reaps it on its next pass.
     pub exit: watch::Receiver<Option<ExitInfo>>,
+    /// Its own stdio, for `kubectl attach`.
+    pub attach: Arc<super::attach::Attachable>,
 }
 
 /// What the worker shares with the node's log/exec handlers.
@@ -746,7 +748,7 @@ impl Worker {
             "Created",
             format!("Created container {}", c.name),
         );
-        let (started_at, exit) = self
+        let (started_at, exit, attach) = self
             .start_task(&id, c, attempt, mounts)
             .await
             .map_err(|e| ("RunContainerError".to_string(), e.to_string()))?;
@@ -763,6 +765,7 @@ impl Worker {
             started: Instant::now(),
             started_at: started_at.clone(),
             exit,
+            attach,
         };
         self.shared
             .instances
@@ -817,7 +820,14 @@ impl Worker {
         c: &Container,
         attempt: u32,
         mounts: Vec<containerd_client::types::Mount>,
-    ) -> Result<(String, watch::Receiver<Option<ExitInfo>>), containerd::ContainerdError> {
+    ) -> Result<
+        (
+            String,
+            watch::Receiver<Option<ExitInfo>>,
+            Arc<super::attach::Attachable>,
+        ),
+        containerd::ContainerdError,
+    > {
         let ctx = &self.ctx;
         let fifo_dir = pod_dir(ctx, &self.uid).join("fifo");
         let mut stdio = containerd::make_fifos(&fifo_dir, id, c.stdin.unwrap_or(false))?;
@@ -830,13 +840,24 @@ impl Worker {
             &c.name,
             attempt,
         );
-        attach_logs(&stdio, &log_path).await?;
+        let stdin_once = c.stdin_once.unwrap_or(false);
+        let mut attach = super::attach::Attachable::new(None, stdin_once);
+        attach_logs(&stdio, &log_path, &attach).await?;
         ctx.ctr.create_task(id, mounts, &stdio).await?;
+        if let Some(stdin) = &stdio.stdin {
+            // The shim holds the read end now; the agent keeps the write end open.
+            attach = super::attach::Attachable::new(
+                Some(containerd::open_fifo_writer(stdin)?),
+                stdin_once,
+            )
+            .with_output_of(attach);
+        }
         ctx.ctr.start_task(id).await?;
         let started_at = now();
         Ok((
             started_at,
             watch_exit(ctx.ctr.clone(), id.to_string(), self.shared.clone()),
+            Arc::new(attach),
         ))
     }
 
@@ -1116,6 +1137,7 @@ pub async fn remove_container(ctr: &Containerd, id: &str) {
 pub async fn attach_logs(
     stdio: &containerd::Stdio,
     log_path: &std::path::Path,
+    attach: &super::attach::Attachable,
 ) -> Result<(), containerd::ContainerdError> {
     let io = |e: std::io::Error| containerd::ContainerdError::Io {
         path: log_path.to_path_buf(),
@@ -1125,8 +1147,14 @@ pub async fn attach_logs(
         std::fs::create_dir_all(d).map_err(io)?;
     }
     let writer = Arc::new(logs::LogWriter::open(log_path).await.map_err(io)?);
-    let out = containerd::open_fifo_reader(&stdio.stdout)?;
-    let err = containerd::open_fifo_reader(&stdio.stderr)?;
+    let out = attach.tee(
+        containerd::open_fifo_reader(&stdio.stdout)?,
+        logs::Stream::Stdout,
+    );
+    let err = attach.tee(
+        containerd::open_fifo_reader(&stdio.stderr)?,
+        logs::Stream::Stderr,
+    );
     let w1 = writer.clone();
     tokio::spawn(async move { logs::copy_stream(out, logs::Stream::Stdout, w1).await });
     tokio::spawn(async move { logs::copy_stream(err, logs::Stream::Stderr, writer).await });

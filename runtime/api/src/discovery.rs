@@ -72,6 +72,7 @@ fn subresource_info(
         "log" => ("", "Pod", &["get"]),
         "exec" => ("", "PodExecOptions", &["create", "get"]),
         "portforward" => ("", "PodPortForwardOptions", &["create", "get"]),
+        "attach" => ("", "PodAttachOptions", &["create", "get"]),
         "proxy" if r.kind == "Service" => (
             "",
             "ServiceProxyOptions",

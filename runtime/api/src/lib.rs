@@ -45,7 +45,7 @@ pub struct Api {
 /// The pod subresources that stream from the pod's node rather than from the store.
 #[async_trait::async_trait]
 pub trait PodStreams: Send + Sync {
-    /// Answers `pods/{name}/{subresource}` in `namespace` (`log`, `exec` or `portforward`).
+    /// Answers `pods/{name}/{subresource}` in `namespace` (`log`, `exec`, `attach` or `portforward`).
     async fn serve(
         &self,
         namespace: &str,
@@ -213,8 +213,13 @@ impl Api {
         if rest.len() > 3 {
             return ApiError::not_found_path().into_response();
         }
-        // Logs, exec and port-forward stream from the pod's node through its tunnel.
-        if let (true, Some(ns), Some(name), Some(sub @ ("log" | "exec" | "portforward"))) = (
+        // Logs, exec, attach and port-forward stream from the pod's node through its tunnel.
+        if let (
+            true,
+            Some(ns),
+            Some(name),
+            Some(sub @ ("log" | "exec" | "attach" | "portforward")),
+        ) = (
             group.is_empty() && *plural == "pods",
             namespace,
             rest.get(1),

@@ -76,6 +76,7 @@ pub const RESOURCES: &[Resource] = &[
             "binding",
             "log",
             "exec",
+            "attach",
             "portforward",
             "eviction",
             "proxy",

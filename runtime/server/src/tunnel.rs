@@ -252,6 +252,7 @@ impl cairn_api::PodStreams for TunnelPodStreams {
         let result = match subresource {
             "log" => logs(store, tunnels, namespace, name, req).await,
             "exec" => exec(store, tunnels, namespace, name, req).await,
+            "attach" => attach(store, tunnels, namespace, name, req).await,
             "portforward" => crate::portforward::serve(store, tunnels, namespace, name, req).await,
             _ => Err(ApiError::not_found_path()),
         };
@@ -549,6 +550,32 @@ async fn exec(
     if command.is_empty() {
         return Err(ApiError::bad_request("you must specify at least 1 command"));
     }
+    session(store, tunnels, namespace, name, req, command).await
+}
+
+/// `pods/{name}/attach`: exec's protocol, to the container's own process.
+async fn attach(
+    store: &Arc<dyn Store>,
+    tunnels: &Tunnels,
+    namespace: &str,
+    name: &str,
+    req: Request<Body>,
+) -> Result<Response, ApiError> {
+    session(store, tunnels, namespace, name, req, Vec::new()).await
+}
+
+/// An exec (`command` given) or attach (none) session: the WebSocket upgrade, then the relay
+/// to the node.
+async fn session(
+    store: &Arc<dyn Store>,
+    tunnels: &Tunnels,
+    namespace: &str,
+    name: &str,
+    req: Request<Body>,
+    command: Vec<String>,
+) -> Result<Response, ApiError> {
+    let q = query_pairs(&req);
+    let verb = if command.is_empty() { "attach" } else { "exec" };
     let target = resolve(store, namespace, name, first(&q, "container")).await?;
     let er = ExecRequest {
         namespace: namespace.to_string(),
@@ -563,18 +590,18 @@ async fn exec(
     let sender = tunnel_to(tunnels, &target.node)?;
     let Some(protocol) = choose_protocol(req.headers()) else {
         return Err(ApiError::bad_request(format!(
-            "exec needs a WebSocket upgrade with one of the subprotocols {}",
+            "{verb} needs a WebSocket upgrade with one of the subprotocols {}",
             EXEC_PROTOCOLS.join(", ")
         )));
     };
     let (mut parts, _) = req.into_parts();
     let mut ws = WebSocketUpgrade::from_request_parts(&mut parts, &())
         .await
-        .map_err(|e| ApiError::bad_request(format!("exec needs a WebSocket upgrade: {e}")))?;
+        .map_err(|e| ApiError::bad_request(format!("{verb} needs a WebSocket upgrade: {e}")))?;
     ws.set_selected_protocol(HeaderValue::from_static(protocol));
     let node = target.node;
     Ok(ws.on_upgrade(move |socket| async move {
-        relay_exec(socket, sender, er, &node).await;
+        relay_exec(socket, sender, er, &node, verb).await;
     }))
 }
 
@@ -594,7 +621,13 @@ fn failure_status(message: &str) -> Vec<u8> {
 
 /// Relays one exec between the client's WebSocket and the node: client messages become
 /// frames in the request body, frames of the answer become client messages.
-async fn relay_exec(socket: WebSocket, mut sender: SendRequest<Body>, er: ExecRequest, node: &str) {
+async fn relay_exec(
+    socket: WebSocket,
+    mut sender: SendRequest<Body>,
+    er: ExecRequest,
+    node: &str,
+    verb: &str,
+) {
     let (mut ws_tx, mut ws_rx) = socket.split();
     let (to_node, to_node_rx) = mpsc::channel::<Bytes>(32);
     let body = Body::from_stream(
@@ -604,7 +637,7 @@ async fn relay_exec(socket: WebSocket, mut sender: SendRequest<Body>, er: ExecRe
         .ok()
         .and_then(|s| HeaderValue::from_str(&s).ok());
     let answer = match header_value {
-        Some(h) => match Request::post("http://cairn-node/exec")
+        Some(h) => match Request::post(format!("http://cairn-node/{verb}"))
             .header(EXEC_HEADER, h)
             .body(body)
         {

@@ -10,6 +10,8 @@
 //!   frames from the client (stdin 0, resize 4, close 255) and the answer body frames to it
 //!   (stdout 1, stderr 2, status 3). A frame is `[u8 channel][u32 BE length][data]`; the
 //!   channel numbers are Kubernetes' remotecommand ones.
+//! - `POST /attach`: as `/exec`, to the container's own process (the [`ExecRequest`]'s
+//!   command is unused); the answer ends when the process exits or the client goes.
 //! - `<METHOD> /proxy`, header `x-cairn-proxy` = [`ProxyRequest`] JSON: the agent sends the
 //!   request (its method, headers and body) to the pod's IP and port over HTTP/1.1 and
 //!   answers with the pod's answer (`pods/proxy`, `services/proxy`); 502 with the reason
