@@ -78,13 +78,8 @@ pub async fn handle(store: &Arc<dyn Store>, req: Request<'_>) -> Response {
 
 async fn dispatch(store: &Arc<dyn Store>, req: Request<'_>) -> Result<Response, ApiError> {
     let t = &req.target;
-    // pods/log and pods/exec are routed to the node tunnels before this handler (api/mod.rs).
-    if matches!(t.subresource, Some("attach") | Some("portforward")) {
-        return Err(ApiError::unavailable(format!(
-            "pods/{} is not supported by this server yet; use exec",
-            t.subresource.unwrap_or_default()
-        )));
-    }
+    // pods/log, exec, attach, portforward and the proxies are routed to the node tunnels
+    // before this handler (lib.rs).
     if t.resource.namespaced && t.namespace.is_none() && t.name.is_some() {
         return Err(ApiError::not_found_path());
     }
