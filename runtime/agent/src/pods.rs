@@ -244,6 +244,18 @@ impl PodManager {
         }
     }
 
+    /// The running instance of the container an exec or attach names.
+    async fn running(&self, req: &ExecRequest) -> Result<Instance, StreamError> {
+        let shared = self.find(&req.namespace, &req.pod).await?;
+        let inst = shared.instances.lock().await.get(&req.container).cloned();
+        inst.filter(|i| i.exit.borrow().is_none()).ok_or_else(|| {
+            StreamError::BadRequest(format!(
+                "container {} is not running in pod {}",
+                req.container, req.pod
+            ))
+        })
+    }
+
     async fn find(&self, namespace: &str, pod: &str) -> Result<Arc<PodShared>, StreamError> {
         let pods = self.pods.lock().await;
         for shared in pods.values() {
@@ -382,20 +394,7 @@ impl NodeStreams for PodManager {
     }
 
     async fn attach(&self, req: ExecRequest, mut io: ExecIo) -> Result<(), StreamError> {
-        let shared = self.find(&req.namespace, &req.pod).await?;
-        let inst = shared
-            .instances
-            .lock()
-            .await
-            .get(&req.container)
-            .cloned()
-            .filter(|i| i.exit.borrow().is_none())
-            .ok_or_else(|| {
-                StreamError::BadRequest(format!(
-                    "container {} is not running in pod {}",
-                    req.container, req.pod
-                ))
-            })?;
+        let inst = self.running(&req).await?;
         let attach = inst.attach.clone();
         if req.stdin && !attach.takes_stdin().await {
             return Err(StreamError::BadRequest(format!(
@@ -468,25 +467,7 @@ impl NodeStreams for PodManager {
     }
 
     async fn exec(&self, req: ExecRequest, io: ExecIo) -> Result<i32, StreamError> {
-        let shared = self.find(&req.namespace, &req.pod).await?;
-        let inst = shared
-            .instances
-            .lock()
-            .await
-            .get(&req.container)
-            .cloned()
-            .ok_or_else(|| {
-                StreamError::BadRequest(format!(
-                    "container {} is not running in pod {}",
-                    req.container, req.pod
-                ))
-            })?;
-        if inst.exit.borrow().is_some() {
-            return Err(StreamError::BadRequest(format!(
-                "container {} is not running in pod {}",
-                req.container, req.pod
-            )));
-        }
+        let inst = self.running(&req).await?;
         if req.command.is_empty() {
             return Err(StreamError::BadRequest("no command given".into()));
         }

@@ -141,6 +141,22 @@ fn text(status: StatusCode, msg: impl Into<String>) -> Response<TunnelBody> {
     res
 }
 
+/// The request's description, carried as JSON in header `name`; or the 400 answer.
+#[allow(clippy::result_large_err)] // the error is the answer itself, sent at once
+fn header_json<T: serde::de::DeserializeOwned>(
+    req: &Request<Incoming>,
+    name: &str,
+) -> Result<T, Response<TunnelBody>> {
+    match req.headers().get(name) {
+        Some(v) => serde_json::from_slice(v.as_bytes())
+            .map_err(|e| text(StatusCode::BAD_REQUEST, format!("bad {name} header: {e}"))),
+        None => Err(text(
+            StatusCode::BAD_REQUEST,
+            format!("missing {name} header"),
+        )),
+    }
+}
+
 /// Answers one request from the server.
 pub async fn dispatch(
     streams: Arc<dyn NodeStreams>,
@@ -162,25 +178,9 @@ async fn serve_port_forward(
     streams: Arc<dyn NodeStreams>,
     req: Request<Incoming>,
 ) -> Response<TunnelBody> {
-    let pf: PortForwardRequest = match req
-        .headers()
-        .get(PORT_FORWARD_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .map(serde_json::from_str)
-    {
-        Some(Ok(r)) => r,
-        Some(Err(e)) => {
-            return text(
-                StatusCode::BAD_REQUEST,
-                format!("bad port-forward request: {e}"),
-            )
-        }
-        None => {
-            return text(
-                StatusCode::BAD_REQUEST,
-                format!("missing {PORT_FORWARD_HEADER}"),
-            )
-        }
+    let pf: PortForwardRequest = match header_json(&req, PORT_FORWARD_HEADER) {
+        Ok(r) => r,
+        Err(res) => return res,
     };
     let conn = match streams.connect_port(&pf.namespace, &pf.pod, pf.port).await {
         Ok(c) => c,
@@ -220,15 +220,9 @@ async fn serve_proxy(
     streams: Arc<dyn NodeStreams>,
     req: Request<Incoming>,
 ) -> Response<TunnelBody> {
-    let pr: ProxyRequest = match req
-        .headers()
-        .get(PROXY_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .map(serde_json::from_str)
-    {
-        Some(Ok(r)) => r,
-        Some(Err(e)) => return text(StatusCode::BAD_REQUEST, format!("bad proxy request: {e}")),
-        None => return text(StatusCode::BAD_REQUEST, format!("missing {PROXY_HEADER}")),
+    let pr: ProxyRequest = match header_json(&req, PROXY_HEADER) {
+        Ok(r) => r,
+        Err(res) => return res,
     };
     let ip = match streams.pod_ip(&pr.namespace, &pr.pod).await {
         Ok(ip) => ip,
@@ -326,14 +320,9 @@ fn serve_exec(
     req: Request<Incoming>,
     attach: bool,
 ) -> Response<TunnelBody> {
-    let er: ExecRequest = match req
-        .headers()
-        .get(EXEC_HEADER)
-        .map(|v| serde_json::from_slice(v.as_bytes()))
-    {
-        Some(Ok(r)) => r,
-        Some(Err(e)) => return text(StatusCode::BAD_REQUEST, format!("bad exec request: {e}")),
-        None => return text(StatusCode::BAD_REQUEST, "missing exec request header"),
+    let er: ExecRequest = match header_json(&req, EXEC_HEADER) {
+        Ok(r) => r,
+        Err(res) => return res,
     };
     let (out_tx, out_rx) = mpsc::channel::<Bytes>(32);
     let (stdout_tx, stdout_rx) = mpsc::channel::<Bytes>(32);
