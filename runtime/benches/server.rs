@@ -203,17 +203,11 @@ fn main() {
     let (tx, rx) = std::sync::mpsc::channel::<(String, Instant)>();
     let mut watchers = Vec::new();
     for _ in 0..WATCHERS {
-        let tcp = TcpStream::connect(("127.0.0.1", server.port)).expect("connect");
-        let name = rustls::pki_types::ServerName::try_from("127.0.0.1").expect("name");
-        let c = rustls::ClientConnection::new(server.tls.clone(), name).expect("tls");
-        let mut s = rustls::StreamOwned::new(c, tcp);
-        // HTTP/1.0: the event stream comes unchunked, one JSON object a line.
-        write!(
-            s,
-            "GET /api/v1/namespaces/bench/configmaps?watch=true&labelSelector=watch%3Dyes&timeoutSeconds=60 HTTP/1.0\r\nAuthorization: Bearer {}\r\n\r\n",
-            server.token
-        )
-        .expect("watch request");
+        let s = watch_stream(
+            &server,
+            "labelSelector=watch%3Dyes&timeoutSeconds=60",
+            Duration::from_secs(60),
+        );
         let tx = tx.clone();
         watchers.push(std::thread::spawn(move || {
             let mut r = BufReader::new(s);
@@ -290,13 +284,15 @@ fn main() {
     print!("{text}");
 }
 
-/// A watch on the bench namespace from now on, read until the server or `stop` ends it.
-fn open_watch(
+/// A watch request on the bench namespace's ConfigMaps with `query`, sent; reads then time
+/// out after `read_timeout`. HTTP/1.0: the event stream comes unchunked, one JSON object a line.
+fn watch_stream(
     server: &Server,
-    stop: Arc<std::sync::atomic::AtomicBool>,
-) -> std::thread::JoinHandle<usize> {
+    query: &str,
+    read_timeout: Duration,
+) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
     let tcp = TcpStream::connect(("127.0.0.1", server.port)).expect("connect");
-    // The handshake may wait behind hundreds of others; reading then polls `stop`.
+    // The handshake may wait behind hundreds of others.
     tcp.set_read_timeout(Some(Duration::from_secs(60)))
         .expect("timeout");
     let name = rustls::pki_types::ServerName::try_from("127.0.0.1").expect("name");
@@ -304,14 +300,27 @@ fn open_watch(
     let mut s = rustls::StreamOwned::new(c, tcp);
     write!(
         s,
-        "GET /api/v1/namespaces/bench/configmaps?watch=true&resourceVersion=0&allowWatchBookmarks=true&timeoutSeconds=300 HTTP/1.0\r\nAuthorization: Bearer {}\r\n\r\n",
+        "GET /api/v1/namespaces/bench/configmaps?watch=true&{query} HTTP/1.0\r\nAuthorization: Bearer {}\r\n\r\n",
         server.token
     )
     .expect("watch request");
     s.flush().expect("watch request");
     s.sock
-        .set_read_timeout(Some(Duration::from_millis(500)))
+        .set_read_timeout(Some(read_timeout))
         .expect("timeout");
+    s
+}
+
+/// A watch on the bench namespace from now on, read until the server or `stop` ends it.
+fn open_watch(
+    server: &Server,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<usize> {
+    let s = watch_stream(
+        server,
+        "resourceVersion=0&allowWatchBookmarks=true&timeoutSeconds=300",
+        Duration::from_millis(500),
+    );
     std::thread::spawn(move || {
         let mut r = BufReader::new(s);
         let mut line = String::new();

@@ -252,7 +252,8 @@ impl cairn_api::PodStreams for TunnelPodStreams {
         let result = match subresource {
             "log" => logs(store, tunnels, namespace, name, req).await,
             "exec" => exec(store, tunnels, namespace, name, req).await,
-            "attach" => attach(store, tunnels, namespace, name, req).await,
+            // exec's protocol, to the container's own process (no command).
+            "attach" => session(store, tunnels, namespace, name, req, Vec::new()).await,
             "portforward" => crate::portforward::serve(store, tunnels, namespace, name, req).await,
             _ => Err(ApiError::not_found_path()),
         };
@@ -551,17 +552,6 @@ async fn exec(
         return Err(ApiError::bad_request("you must specify at least 1 command"));
     }
     session(store, tunnels, namespace, name, req, command).await
-}
-
-/// `pods/{name}/attach`: exec's protocol, to the container's own process.
-async fn attach(
-    store: &Arc<dyn Store>,
-    tunnels: &Tunnels,
-    namespace: &str,
-    name: &str,
-    req: Request<Body>,
-) -> Result<Response, ApiError> {
-    session(store, tunnels, namespace, name, req, Vec::new()).await
 }
 
 /// An exec (`command` given) or attach (none) session: the WebSocket upgrade, then the relay
